@@ -26,6 +26,7 @@ pub struct Event {
     pub kind: EventKind,
     pub service: String,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::InstanceDoc>)]
     pub instance: Option<InstanceView>,
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]

@@ -329,73 +329,166 @@ fn merge_check_status(
 }
 
 /// An instance as the API returns it: the record, its derived status and the
-/// volatile data the server holds in memory.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+/// volatile data the server holds in memory. Serialized by hand so a list of
+/// instances is written straight from the shared records without copying them;
+/// [`InstanceDoc`] documents the same shape for the OpenAPI document.
+#[derive(Debug, Clone)]
 pub struct InstanceView {
-    pub id: String,
-    pub service: String,
-    pub address: String,
-    pub port: u16,
-    pub tags: Vec<String>,
-    pub meta: BTreeMap<String, String>,
-    pub data: serde_json::Value,
-    pub weight: u32,
-    pub lifetime: Lifetime,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Millis>)]
-    pub ttl: Option<Millis>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Millis>)]
-    pub deregister_critical_after: Option<Millis>,
-    pub status: Status,
-    pub checks: Vec<CheckRecord>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub maintenance_reason: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reported: Option<Reported>,
-    #[serde(with = "time::serde::rfc3339")]
-    #[schema(value_type = String, format = DateTime)]
-    pub registered_at: Timestamp,
-    #[serde(with = "time::serde::rfc3339")]
-    #[schema(value_type = String, format = DateTime)]
-    pub updated_at: Timestamp,
-    #[serde(
-        with = "time::serde::rfc3339::option",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = Option<String>, format = DateTime)]
+    pub record: std::sync::Arc<InstanceRecord>,
     pub last_heartbeat_at: Option<Timestamp>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub metrics: Option<serde_json::Value>,
+    pub metrics: Option<std::sync::Arc<serde_json::Value>>,
 }
 
 impl InstanceView {
-    pub fn new(
-        r: &InstanceRecord,
-        last_heartbeat_at: Option<Timestamp>,
-        metrics: Option<serde_json::Value>,
-    ) -> Self {
+    pub fn new(record: std::sync::Arc<InstanceRecord>) -> Self {
         InstanceView {
-            id: r.id.clone(),
-            service: r.service.clone(),
-            address: r.address.clone(),
-            port: r.port,
-            tags: r.tags.clone(),
-            meta: r.meta.clone(),
-            data: r.data.clone(),
-            weight: r.weight,
-            lifetime: r.lifetime,
-            ttl: r.ttl,
-            deregister_critical_after: r.deregister_critical_after,
-            status: r.status(),
-            checks: r.checks.clone(),
-            maintenance_reason: r.maintenance.clone(),
-            reported: r.reported.clone(),
-            registered_at: r.registered_at,
-            updated_at: r.updated_at,
-            last_heartbeat_at,
-            metrics,
+            record,
+            last_heartbeat_at: None,
+            metrics: None,
         }
+    }
+}
+
+impl Serialize for InstanceView {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let r = &*self.record;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("id", &r.id)?;
+        m.serialize_entry("service", &r.service)?;
+        m.serialize_entry("address", &r.address)?;
+        m.serialize_entry("port", &r.port)?;
+        m.serialize_entry("tags", &r.tags)?;
+        m.serialize_entry("meta", &r.meta)?;
+        m.serialize_entry("data", &r.data)?;
+        m.serialize_entry("weight", &r.weight)?;
+        m.serialize_entry("lifetime", &r.lifetime)?;
+        if let Some(ttl) = r.ttl {
+            m.serialize_entry("ttl", &ttl)?;
+        }
+        if let Some(d) = r.deregister_critical_after {
+            m.serialize_entry("deregister_critical_after", &d)?;
+        }
+        m.serialize_entry("status", &r.status())?;
+        m.serialize_entry("checks", &r.checks)?;
+        if let Some(reason) = &r.maintenance {
+            m.serialize_entry("maintenance_reason", reason)?;
+        }
+        if let Some(rep) = &r.reported {
+            m.serialize_entry("reported", rep)?;
+        }
+        m.serialize_entry("registered_at", &crate::rfc3339(r.registered_at))?;
+        m.serialize_entry("updated_at", &crate::rfc3339(r.updated_at))?;
+        if let Some(t) = self.last_heartbeat_at {
+            m.serialize_entry("last_heartbeat_at", &crate::rfc3339(t))?;
+        }
+        if let Some(metrics) = &self.metrics {
+            m.serialize_entry("metrics", &**metrics)?;
+        }
+        m.end()
+    }
+}
+
+/// The documented shape of [`InstanceView`] (OpenAPI only).
+#[derive(utoipa::ToSchema)]
+#[schema(as = Instance)]
+#[allow(dead_code)]
+pub struct InstanceDoc {
+    id: String,
+    service: String,
+    address: String,
+    port: u16,
+    tags: Vec<String>,
+    meta: BTreeMap<String, String>,
+    data: serde_json::Value,
+    weight: u32,
+    lifetime: Lifetime,
+    #[schema(value_type = Option<Millis>)]
+    ttl: Option<Millis>,
+    #[schema(value_type = Option<Millis>)]
+    deregister_critical_after: Option<Millis>,
+    status: Status,
+    checks: Vec<CheckRecord>,
+    maintenance_reason: Option<String>,
+    reported: Option<Reported>,
+    #[schema(format = DateTime)]
+    registered_at: String,
+    #[schema(format = DateTime)]
+    updated_at: String,
+    #[schema(format = DateTime)]
+    last_heartbeat_at: Option<String>,
+    metrics: Option<serde_json::Value>,
+}
+
+/// `DELETE .../instances/{id}` optional body: kept on the `deregistered` event.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeregisterBody {
+    pub reason: Option<String>,
+    pub error: Option<String>,
+}
+
+/// `PUT .../instances/{id}/heartbeat` optional body.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatBody {
+    /// Host and process metrics to show with the instance (kept in memory).
+    pub metrics: Option<serde_json::Value>,
+    /// The instance's own view of its health: passing, warning or critical.
+    pub status: Option<Status>,
+    pub output: Option<String>,
+}
+
+/// `PUT .../instances/{id}/maintenance` body.
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceBody {
+    pub enabled: bool,
+    pub reason: Option<String>,
+}
+
+pub const MAX_TEXT: usize = 4096;
+
+impl DeregisterBody {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        let mut errs = Errors::default();
+        for (f, v) in [("reason", &self.reason), ("error", &self.error)] {
+            if v.as_ref().is_some_and(|v| v.len() > MAX_TEXT) {
+                errs.push(f, format!("at most {MAX_TEXT} bytes"));
+            }
+        }
+        errs.finish()
+    }
+}
+
+impl HeartbeatBody {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        let mut errs = Errors::default();
+        if self.metrics.as_ref().is_some_and(|m| !m.is_object()) {
+            errs.push("metrics", "metrics must be a JSON object");
+        }
+        if self.status == Some(Status::Maintenance) {
+            errs.push("status", "status must be passing, warning or critical; maintenance is set through /maintenance");
+        }
+        if self.output.as_ref().is_some_and(|v| v.len() > MAX_TEXT) {
+            errs.push("output", format!("at most {MAX_TEXT} bytes"));
+        }
+        if self.output.is_some() && self.status.is_none() {
+            errs.push("output", "output needs a status");
+        }
+        errs.finish()
+    }
+}
+
+impl MaintenanceBody {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if self.reason.as_ref().is_some_and(|v| v.len() > MAX_TEXT) {
+            return Err(ValidationError::field(
+                "reason",
+                format!("at most {MAX_TEXT} bytes"),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -482,6 +575,49 @@ mod tests {
         assert_eq!(second.checks[0].status, Status::Passing);
         assert_eq!(second.status(), Status::Maintenance);
         assert!(first.same_definition(&second));
+    }
+
+    #[test]
+    fn view_serializes_the_documented_fields() {
+        let reg = validate(r#"{"address":"a","port":80,"ttl":"30s"}"#).unwrap();
+        let rec = InstanceRecord::new(reg, time::OffsetDateTime::UNIX_EPOCH, None);
+        let mut view = InstanceView::new(std::sync::Arc::new(rec));
+        view.last_heartbeat_at = Some(time::OffsetDateTime::UNIX_EPOCH);
+        view.metrics = Some(std::sync::Arc::new(serde_json::json!({"cpu": 0.5})));
+        let v = serde_json::to_value(&view).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        use utoipa::PartialSchema;
+        let schema = serde_json::to_value(InstanceDoc::schema()).unwrap();
+        let props = schema["properties"].as_object().unwrap();
+        for k in &keys {
+            assert!(
+                props.contains_key(*k),
+                "{k} is serialized but not documented"
+            );
+        }
+        assert_eq!(v["status"], "passing");
+        assert_eq!(v["lifetime"], "ttl");
+        assert_eq!(v["ttl"], "30s");
+        assert_eq!(v["registered_at"], "1970-01-01T00:00:00Z");
+        for required in [
+            "id",
+            "service",
+            "address",
+            "port",
+            "tags",
+            "meta",
+            "data",
+            "weight",
+            "lifetime",
+            "status",
+            "checks",
+            "registered_at",
+            "updated_at",
+            "last_heartbeat_at",
+            "metrics",
+        ] {
+            assert!(keys.contains(&required), "{required} missing from {keys:?}");
+        }
     }
 
     #[test]

@@ -1,0 +1,79 @@
+//! Registry events derived from store changes. Pure: the same change always
+//! gives the same events, whether it arrives live or is replayed from history.
+
+use crate::keys::{self, Key, Note, NoteKind};
+use muster_core::{Event, EventKind, InstanceView};
+use muster_store::{Change, EventType};
+use std::sync::Arc;
+
+fn timestamp(at_ms: u64) -> muster_core::Timestamp {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(at_ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+}
+
+/// The events one change stands for, in key order. A put that creates an
+/// instance or changes its definition is `registered`; one that only moves
+/// its status is `status_changed`; a delete is `deregistered` when a client
+/// or operator asked for it and `expired` when a lease ran out.
+pub fn events_of(change: &Change) -> Vec<Event> {
+    let note = change
+        .note
+        .as_deref()
+        .and_then(Note::decode)
+        .unwrap_or_default();
+    let at = timestamp(change.at_ms);
+    let mut out = Vec::new();
+    for ev in &change.events {
+        match keys::parse_key(&ev.kv.key) {
+            Key::Service(name) => {
+                let kind = match ev.kind {
+                    EventType::Put => EventKind::ServiceUpdated,
+                    EventType::Delete => EventKind::ServiceDeleted,
+                };
+                out.push(Event::new(change.revision, kind, name, at));
+            }
+            Key::Instance { service, .. } => {
+                let prev = ev
+                    .prev
+                    .as_ref()
+                    .and_then(|p| keys::decode_instance(&p.value).ok());
+                let mut e = Event::new(change.revision, EventKind::Registered, service, at);
+                match ev.kind {
+                    EventType::Put => {
+                        let Ok(rec) = keys::decode_instance(&ev.kv.value) else {
+                            continue;
+                        };
+                        match prev {
+                            Some(p) if p.same_definition(&rec) => {
+                                if p.status() == rec.status() {
+                                    continue;
+                                }
+                                e.kind = EventKind::StatusChanged;
+                                e.from = Some(p.status());
+                                e.to = Some(rec.status());
+                                e.check = note.check.clone();
+                                e.output = note.output.clone();
+                            }
+                            _ => {}
+                        }
+                        e.instance = Some(InstanceView::new(Arc::new(rec)));
+                    }
+                    EventType::Delete => {
+                        e.kind = match note.kind {
+                            NoteKind::Deregistered | NoteKind::ServiceDeleted => {
+                                EventKind::Deregistered
+                            }
+                            _ => EventKind::Expired,
+                        };
+                        e.reason = note.reason.clone();
+                        e.error = note.error.clone();
+                        e.instance = prev.map(|p| InstanceView::new(Arc::new(p)));
+                    }
+                }
+                out.push(e);
+            }
+            Key::Other => {}
+        }
+    }
+    out
+}

@@ -1,0 +1,538 @@
+//! The registry's operations: validate, write through the store, wait until
+//! the index has applied the write, answer from the index.
+
+use crate::error::RegistryError;
+use crate::index::{Index, InstanceEntry, ServiceSummary};
+use crate::keys::{self, Note, NoteKind};
+use muster_core::check::CheckPolicy;
+use muster_core::{
+    DeregisterBody, HeartbeatBody, InstanceRecord, InstanceView, MaintenanceBody, RegisterBody,
+    RegisterError, Reported, ServiceBody, ServiceRecord, Status,
+};
+use muster_store::{Compare, DynStore, Revision, StoreError, Txn};
+use parking_lot::RwLock;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// How long a write waits for the index to apply it before giving up.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Compare-and-set retries before a write reports a conflict.
+const CAS_ATTEMPTS: usize = 8;
+
+pub struct Registry {
+    store: DynStore,
+    /// Written only by the follower task; never held across an `.await`.
+    index: RwLock<Index>,
+    /// The revision the index has applied.
+    applied: watch::Sender<Revision>,
+    policy: CheckPolicy,
+    cancel: CancellationToken,
+}
+
+/// The outcome of a registration.
+pub struct Registered {
+    pub instance: InstanceView,
+    /// False when it replaced an instance with the same id.
+    pub created: bool,
+    pub revision: Revision,
+}
+
+/// `GET /api/v1/services/{name}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ServiceDetail {
+    pub name: String,
+    pub tags: Vec<String>,
+    pub meta: std::collections::BTreeMap<String, String>,
+    pub spec: serde_json::Value,
+    #[schema(value_type = Vec<muster_core::InstanceDoc>)]
+    pub instances: Vec<InstanceView>,
+    pub revision: Revision,
+}
+
+/// Filters of `GET .../instances`.
+#[derive(Debug, Default, Clone)]
+pub struct InstanceFilter {
+    /// Any of these (empty: all).
+    pub statuses: Vec<Status>,
+    /// All of these.
+    pub tags: Vec<String>,
+    /// Healthy (or not): passing, plus warning unless `strict`.
+    pub healthy: Option<bool>,
+    pub strict: bool,
+}
+
+impl InstanceFilter {
+    fn matches(&self, rec: &InstanceRecord) -> bool {
+        let status = rec.status();
+        (self.statuses.is_empty() || self.statuses.contains(&status))
+            && self.tags.iter().all(|t| rec.tags.contains(t))
+            && self
+                .healthy
+                .is_none_or(|h| status.is_healthy(self.strict) == h)
+    }
+}
+
+fn now() -> muster_core::Timestamp {
+    time::OffsetDateTime::now_utc()
+}
+
+fn view(e: &InstanceEntry) -> InstanceView {
+    let v = e.volatile.lock();
+    InstanceView {
+        record: e.rec.clone(),
+        last_heartbeat_at: v.last_heartbeat_at,
+        metrics: v.metrics.clone(),
+    }
+}
+
+fn not_found(service: &str, id: &str) -> RegistryError {
+    RegistryError::NotFound(format!(
+        "instance {id:?} of service {service:?} is not registered; register it (again)"
+    ))
+}
+
+impl Registry {
+    /// Loads the index from a store snapshot and starts following the store.
+    pub async fn open(
+        store: DynStore,
+        policy: CheckPolicy,
+    ) -> Result<Arc<Registry>, RegistryError> {
+        let snap = store.snapshot(b"").await?;
+        let index = Index::from_snapshot(&snap);
+        let (applied, _) = watch::channel(snap.revision);
+        let reg = Arc::new(Registry {
+            store,
+            index: RwLock::new(index),
+            applied,
+            policy,
+            cancel: CancellationToken::new(),
+        });
+        let watcher = reg.store.watch(snap.revision + 1).await?;
+        tokio::spawn(follow(reg.clone(), watcher));
+        Ok(reg)
+    }
+
+    /// Stops following the store. The store itself is closed by its owner.
+    pub fn close(&self) {
+        self.cancel.cancel();
+    }
+
+    pub fn store(&self) -> &DynStore {
+        &self.store
+    }
+
+    /// The revision the index reflects.
+    pub fn revision(&self) -> Revision {
+        *self.applied.borrow()
+    }
+
+    /// Waits until the index has applied `rev`, so the caller reads its write.
+    async fn applied(&self, rev: Revision) -> Result<(), RegistryError> {
+        let mut rx = self.applied.subscribe();
+        match tokio::time::timeout(APPLY_TIMEOUT, rx.wait_for(|&r| r >= rev)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(RegistryError::NotReady),
+            Err(_) => Err(RegistryError::Unavailable(format!(
+                "the write at revision {rev} is durable but the index has not applied it yet; retry the read"
+            ))),
+        }
+    }
+
+    /// After a lost compare-and-set: let the index catch up with the store.
+    async fn catch_up(&self) -> Result<(), RegistryError> {
+        self.applied(self.store.current_revision()).await
+    }
+
+    fn entry(&self, service: &str, id: &str) -> Option<InstanceEntry> {
+        self.index.read().instance(service, id).cloned()
+    }
+
+    // ----- services -----
+
+    pub fn services(&self) -> Vec<ServiceSummary> {
+        self.index.read().summaries()
+    }
+
+    pub fn service(&self, name: &str) -> Result<ServiceDetail, RegistryError> {
+        let idx = self.index.read();
+        let e = idx.services.get(name).ok_or_else(|| {
+            RegistryError::NotFound(format!(
+                "service {name:?} has neither a definition nor instances"
+            ))
+        })?;
+        let def = e.def.as_deref();
+        Ok(ServiceDetail {
+            name: name.to_string(),
+            tags: def.map(|d| d.tags.clone()).unwrap_or_default(),
+            meta: def.map(|d| d.meta.clone()).unwrap_or_default(),
+            spec: def.map(|d| d.spec.clone()).unwrap_or_default(),
+            instances: e.instances.values().map(view).collect(),
+            revision: idx.revision,
+        })
+    }
+
+    /// Creates or replaces a definition; `true` when it was created.
+    pub async fn put_service(
+        &self,
+        name: &str,
+        body: ServiceBody,
+    ) -> Result<(ServiceRecord, bool, Revision), RegistryError> {
+        muster_core::name::validate_service_name(name)
+            .map_err(|m| muster_core::ValidationError::field("name", m))?;
+        let key = keys::service_key(name);
+        for _ in 0..CAS_ATTEMPTS {
+            let prev = self
+                .index
+                .read()
+                .services
+                .get(name)
+                .and_then(|e| e.def.clone());
+            let rec = body
+                .clone()
+                .into_record(name, now(), prev.as_ref().map(|p| p.created_at))?;
+            let guard = match &prev {
+                Some(_) => Compare::Exists(key.clone().into()),
+                None => Compare::Missing(key.clone().into()),
+            };
+            let res = self
+                .store
+                .txn(
+                    Txn::new()
+                        .when(guard)
+                        .put(key.clone(), keys::encode(&rec), None),
+                )
+                .await?;
+            if res.succeeded {
+                self.applied(res.revision).await?;
+                return Ok((rec, prev.is_none(), res.revision));
+            }
+            self.catch_up().await?;
+        }
+        Err(RegistryError::Conflict(format!(
+            "service {name:?} kept changing concurrently; retry"
+        )))
+    }
+
+    pub async fn delete_service(
+        &self,
+        name: &str,
+        cascade: bool,
+    ) -> Result<Revision, RegistryError> {
+        let (has_def, count) = {
+            let idx = self.index.read();
+            let e = idx.services.get(name).ok_or_else(|| {
+                RegistryError::NotFound(format!("service {name:?} does not exist"))
+            })?;
+            (e.def.is_some(), e.instances.len())
+        };
+        if count > 0 && !cascade {
+            return Err(RegistryError::Conflict(format!(
+                "service {name:?} still has {count} instance(s); deregister them first or delete with ?cascade=true"
+            )));
+        }
+        let mut note = Note::new(NoteKind::ServiceDeleted);
+        note.reason = Some("service deleted".into());
+        let mut txn = Txn::new().note(note.encode());
+        if has_def {
+            txn = txn.delete(keys::service_key(name));
+        }
+        if cascade {
+            txn = txn.delete_prefix(keys::instance_prefix(name));
+        }
+        let res = self.store.txn(txn).await?;
+        self.applied(res.revision).await?;
+        Ok(res.revision)
+    }
+
+    // ----- instances -----
+
+    pub fn instances(&self, service: &str, filter: &InstanceFilter) -> Vec<InstanceView> {
+        let idx = self.index.read();
+        match idx.services.get(service) {
+            None => Vec::new(),
+            Some(e) => e
+                .instances
+                .values()
+                .filter(|i| filter.matches(&i.rec))
+                .map(view)
+                .collect(),
+        }
+    }
+
+    pub fn instance(&self, service: &str, id: &str) -> Result<InstanceView, RegistryError> {
+        self.entry(service, id)
+            .map(|e| view(&e))
+            .ok_or_else(|| not_found(service, id))
+    }
+
+    /// Registers (or idempotently re-registers) an instance.
+    pub async fn register(
+        &self,
+        service: &str,
+        body: RegisterBody,
+        path_id: Option<&str>,
+    ) -> Result<Registered, RegistryError> {
+        let reg = body
+            .validate(service, path_id, &self.policy)
+            .map_err(|e| match e {
+                RegisterError::Invalid(v) => RegistryError::Invalid(v),
+                RegisterError::Forbidden(m) => RegistryError::Forbidden(m),
+            })?;
+        let key = keys::instance_key(service, &reg.id);
+        for _ in 0..CAS_ATTEMPTS {
+            let prev = self.entry(service, &reg.id);
+            let rec = InstanceRecord::new(reg.clone(), now(), prev.as_ref().map(|p| &*p.rec));
+            if let Some(p) = &prev
+                && p.rec.same_definition(&rec)
+            {
+                // Nothing a reader sees would change: renew instead of writing.
+                let unchanged = match p.lease {
+                    None => true,
+                    Some(l) => self.store.lease_keepalive(l).await.is_ok(),
+                };
+                if unchanged {
+                    return Ok(Registered {
+                        instance: view(p),
+                        created: false,
+                        revision: self.revision(),
+                    });
+                }
+            }
+            let lease = match reg.ttl {
+                Some(ttl) => Some(self.store.lease_grant(ttl.as_duration()).await?),
+                None => None,
+            };
+            let expected = prev.as_ref().map_or(0, |p| p.mod_revision);
+            let txn = Txn::new()
+                .when(Compare::ModRevision(key.clone().into(), expected))
+                .put(key.clone(), keys::encode(&rec), lease);
+            let res = match self.store.txn(txn).await {
+                Ok(r) => r,
+                Err(e) => {
+                    if let Some(l) = lease {
+                        let _ = self.store.lease_revoke(l).await;
+                    }
+                    return Err(e.into());
+                }
+            };
+            if !res.succeeded {
+                if let Some(l) = lease {
+                    let _ = self.store.lease_revoke(l).await;
+                }
+                self.catch_up().await?;
+                continue;
+            }
+            if let Some(old) = prev.as_ref().and_then(|p| p.lease)
+                && Some(old) != lease
+            {
+                // The key has moved to the new lease; this deletes nothing.
+                let _ = self.store.lease_revoke(old).await;
+            }
+            self.applied(res.revision).await?;
+            let instance = self
+                .entry(service, &reg.id)
+                .map(|e| view(&e))
+                .unwrap_or_else(|| InstanceView::new(Arc::new(rec)));
+            return Ok(Registered {
+                instance,
+                created: prev.is_none(),
+                revision: res.revision,
+            });
+        }
+        Err(RegistryError::Conflict(format!(
+            "instance {:?} kept changing concurrently; retry",
+            reg.id
+        )))
+    }
+
+    pub async fn deregister(
+        &self,
+        service: &str,
+        id: &str,
+        body: DeregisterBody,
+    ) -> Result<Revision, RegistryError> {
+        body.validate()?;
+        let key = keys::instance_key(service, id);
+        let lease = self.entry(service, id).and_then(|e| e.lease);
+        let mut note = Note::new(NoteKind::Deregistered);
+        note.reason = body.reason;
+        note.error = body.error;
+        let res = self
+            .store
+            .txn(
+                Txn::new()
+                    .when(Compare::Exists(key.clone().into()))
+                    .delete(key)
+                    .note(note.encode()),
+            )
+            .await?;
+        if !res.succeeded {
+            return Err(not_found(service, id));
+        }
+        if let Some(l) = lease {
+            let _ = self.store.lease_revoke(l).await;
+        }
+        self.applied(res.revision).await?;
+        Ok(res.revision)
+    }
+
+    /// Renews a ttl instance's lease, keeps its metrics, and records a status
+    /// it reports about itself. Touches the disk only when that status changes.
+    pub async fn heartbeat(
+        &self,
+        service: &str,
+        id: &str,
+        body: HeartbeatBody,
+    ) -> Result<InstanceView, RegistryError> {
+        body.validate()?;
+        let entry = self
+            .entry(service, id)
+            .ok_or_else(|| not_found(service, id))?;
+        if let Some(l) = entry.lease {
+            match self.store.lease_keepalive(l).await {
+                Ok(_) => {}
+                Err(StoreError::LeaseNotFound(_)) => return Err(not_found(service, id)),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        {
+            let mut v = entry.volatile.lock();
+            v.last_heartbeat_at = Some(now());
+            if let Some(m) = body.metrics {
+                v.metrics = Some(Arc::new(m));
+            }
+        }
+        if let Some(status) = body.status {
+            let reported = Reported {
+                status,
+                output: body.output.unwrap_or_default(),
+            };
+            let mut note = Note::new(NoteKind::StatusReported);
+            note.check = Some("heartbeat".into());
+            note.output = Some(reported.output.clone());
+            self.update(service, id, note, |rec| {
+                if rec.reported.as_ref() == Some(&reported) {
+                    return false;
+                }
+                rec.reported = Some(reported.clone());
+                true
+            })
+            .await?;
+        }
+        self.instance(service, id)
+    }
+
+    pub async fn maintenance(
+        &self,
+        service: &str,
+        id: &str,
+        body: MaintenanceBody,
+    ) -> Result<InstanceView, RegistryError> {
+        body.validate()?;
+        let want = body
+            .enabled
+            .then(|| body.reason.clone().unwrap_or_default());
+        let mut note = Note::new(NoteKind::Write);
+        note.check = Some("maintenance".into());
+        note.output = body.reason.clone();
+        self.update(service, id, note, |rec| {
+            if rec.maintenance == want {
+                return false;
+            }
+            rec.maintenance = want.clone();
+            true
+        })
+        .await?;
+        self.instance(service, id)
+    }
+
+    /// Read-modify-write of one instance record under compare-and-set.
+    /// `change` returns false when there is nothing to write.
+    async fn update(
+        &self,
+        service: &str,
+        id: &str,
+        note: Note,
+        change: impl Fn(&mut InstanceRecord) -> bool,
+    ) -> Result<(), RegistryError> {
+        let key = keys::instance_key(service, id);
+        for _ in 0..CAS_ATTEMPTS {
+            let entry = self
+                .entry(service, id)
+                .ok_or_else(|| not_found(service, id))?;
+            let mut rec = (*entry.rec).clone();
+            if !change(&mut rec) {
+                return Ok(());
+            }
+            rec.updated_at = now();
+            let txn = Txn::new()
+                .when(Compare::ModRevision(key.clone().into(), entry.mod_revision))
+                .put(key.clone(), keys::encode(&rec), entry.lease)
+                .note(note.encode());
+            match self.store.txn(txn).await {
+                Ok(res) if res.succeeded => return self.applied(res.revision).await,
+                Ok(_) => self.catch_up().await?,
+                // The lease expired under us: the instance is gone.
+                Err(StoreError::LeaseNotFound(_)) => return Err(not_found(service, id)),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(RegistryError::Conflict(format!(
+            "instance {id:?} kept changing concurrently; retry"
+        )))
+    }
+
+    /// Instances per service and status, for `/metrics`.
+    pub fn status_counts(&self) -> Vec<(String, crate::index::StatusCounts)> {
+        let idx = self.index.read();
+        idx.services
+            .iter()
+            .map(|(name, e)| {
+                let mut c = crate::index::StatusCounts::default();
+                for i in e.instances.values() {
+                    c.add(i.rec.status());
+                }
+                (name.clone(), c)
+            })
+            .collect()
+    }
+}
+
+/// The follower: applies the store's changes to the index in order. If it
+/// ever falls behind retained history it reloads from a fresh snapshot.
+async fn follow(reg: Arc<Registry>, mut watcher: muster_store::Watcher) {
+    loop {
+        let next = tokio::select! {
+            n = watcher.next() => n,
+            _ = reg.cancel.cancelled() => return,
+        };
+        match next {
+            Some(Ok(change)) => {
+                reg.index.write().apply(&change);
+                reg.applied.send_replace(change.revision);
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "index fell behind the store's history; reloading from a snapshot");
+                match reload(&reg).await {
+                    Ok(w) => watcher = w,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot reload the index; retrying in 1s");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+            None => return,
+        }
+    }
+}
+
+async fn reload(reg: &Registry) -> Result<muster_store::Watcher, StoreError> {
+    let snap = reg.store.snapshot(b"").await?;
+    let watcher = reg.store.watch(snap.revision + 1).await?;
+    *reg.index.write() = Index::from_snapshot(&snap);
+    reg.applied.send_replace(snap.revision);
+    Ok(watcher)
+}
