@@ -1,0 +1,4 @@
+//! The native API under `/api/v1`, one module per resource.
+
+pub mod instances;
+pub mod services;

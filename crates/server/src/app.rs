@@ -1,0 +1,139 @@
+//! The router and the state every handler shares.
+
+use crate::metrics::Metrics;
+use crate::problem::Problem;
+use crate::{api, ops};
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use muster_registry::Registry;
+use std::sync::{Arc, OnceLock};
+use tokio::time::Instant;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+/// Shared by every handler. The registry appears once the store is open and
+/// the index loaded; until then the API answers 503 and `/ready` says not yet.
+#[derive(Clone)]
+pub struct AppState {
+    registry: Arc<OnceLock<Arc<Registry>>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    pub fn new(metrics: Arc<Metrics>) -> AppState {
+        AppState {
+            registry: Arc::new(OnceLock::new()),
+            metrics,
+        }
+    }
+
+    pub fn set_registry(&self, r: Arc<Registry>) {
+        let _ = self.registry.set(r);
+    }
+
+    pub fn registry(&self) -> Result<&Arc<Registry>, Problem> {
+        self.registry.get().ok_or_else(|| {
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                "the registry is still loading its store; retry shortly",
+            )
+        })
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.registry.get().is_some()
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "muster", description = "muster's native HTTP API: services, instances, health and operations."),
+    tags(
+        (name = "services", description = "Service definitions"),
+        (name = "instances", description = "Registration, discovery, heartbeats"),
+        (name = "operations", description = "Liveness, readiness, metrics"),
+    ),
+    components(schemas(Problem))
+)]
+struct ApiDoc;
+
+fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(api::services::routes())
+        .merge(api::instances::routes())
+        .merge(ops::routes())
+}
+
+/// The OpenAPI document of every native route.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().into_openapi()
+}
+
+pub fn router(state: AppState, body_limit: usize) -> Router {
+    let (router, doc) = routes().split_for_parts();
+    let doc = Arc::new(doc);
+    router
+        .route(
+            "/api/openapi.json",
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move { axum::Json(doc.as_ref().clone()) }
+            }),
+        )
+        .fallback(|| async { Problem::not_found("no such route; see /api/openapi.json") })
+        .method_not_allowed_fallback(|| async {
+            Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
+        })
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+/// Counts and times every request, and stamps `X-Muster-Revision`.
+async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let mut resp = next.run(req).await;
+    let revision = state.registry.get().map_or(0, |r| r.revision());
+    resp.headers_mut()
+        .insert("x-muster-revision", HeaderValue::from(revision));
+    state.metrics.observe_request(
+        method.as_str(),
+        &route,
+        resp.status().as_u16(),
+        started.elapsed(),
+    );
+    resp
+}
+
+/// A handler result: JSON with a status, or a problem.
+pub type ApiResult<T> = Result<T, Problem>;
+
+pub fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => (
+            status,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("cannot encode the answer: {e}"),
+        )
+        .into_response(),
+    }
+}

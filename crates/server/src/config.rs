@@ -1,0 +1,242 @@
+//! Server configuration in two stages: [`RawConfig`] as the operator wrote it
+//! (TOML file, then flags and `MUSTER_*` environment laid over it), and
+//! [`Config`], validated once, typed, every error reported together.
+
+use muster_core::check::CheckPolicy;
+use muster_core::duration::{self, Millis};
+use muster_core::net::IpNet;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// As written in the TOML file. Unknown keys are errors: a misspelt setting
+/// must not be silently ignored (and `[acl]`/`[tls]` must not be accepted by a
+/// build that cannot enforce them).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub http_addr: Option<String>,
+    pub dns_addr: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub in_memory: Option<bool>,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub feed: RawFeed,
+    #[serde(default)]
+    pub checks: RawChecks,
+    #[serde(default)]
+    pub shutdown: RawShutdown,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Largest request body accepted, in bytes (413 beyond).
+    pub body_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFeed {
+    /// Revisions kept for `?from=` resumption and the event log.
+    pub retain: Option<usize>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawChecks {
+    pub allow_exec: Option<bool>,
+    pub deny_targets: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShutdown {
+    /// How long in-flight requests get to finish: "10s" or milliseconds.
+    pub grace: Option<toml::Value>,
+}
+
+impl RawConfig {
+    pub fn from_toml(text: &str) -> Result<RawConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    Memory,
+    Embedded { data_dir: PathBuf },
+}
+
+/// The validated configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub http_addr: SocketAddr,
+    pub dns_addr: SocketAddr,
+    pub store: StoreConfig,
+    pub body_limit: usize,
+    pub retain: usize,
+    pub checks: CheckPolicy,
+    pub grace: Duration,
+}
+
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8500";
+pub const DEFAULT_DNS_ADDR: &str = "127.0.0.1:8600";
+pub const DEFAULT_DATA_DIR: &str = "./muster-data";
+pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
+
+impl Config {
+    /// A configuration for tests: in memory, on a free loopback port.
+    pub fn for_tests() -> Config {
+        Config {
+            http_addr: "127.0.0.1:0"
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0))),
+            dns_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            store: StoreConfig::Memory,
+            body_limit: DEFAULT_BODY_LIMIT,
+            retain: 100_000,
+            checks: CheckPolicy::default(),
+            grace: Duration::from_secs(5),
+        }
+    }
+}
+
+impl TryFrom<RawConfig> for Config {
+    type Error = String;
+
+    /// Validates everything and reports every problem at once.
+    fn try_from(raw: RawConfig) -> Result<Config, String> {
+        let mut errs = Vec::new();
+        let mut addr = |key: &str, v: Option<String>, default: &str| -> SocketAddr {
+            let text = v.unwrap_or_else(|| default.to_string());
+            text.parse().unwrap_or_else(|_| {
+                errs.push(format!(
+                    "{key}: {text:?} is not an address such as 127.0.0.1:8500"
+                ));
+                SocketAddr::from(([127, 0, 0, 1], 0))
+            })
+        };
+        let http_addr = addr("http_addr", raw.http_addr, DEFAULT_HTTP_ADDR);
+        let dns_addr = addr("dns_addr", raw.dns_addr, DEFAULT_DNS_ADDR);
+        let store = if raw.in_memory.unwrap_or(false) {
+            if raw.data_dir.is_some() {
+                errs.push("in_memory and data_dir exclude each other: pick one".to_string());
+            }
+            StoreConfig::Memory
+        } else {
+            StoreConfig::Embedded {
+                data_dir: raw
+                    .data_dir
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            }
+        };
+        let body_limit = raw.limits.body_bytes.unwrap_or(DEFAULT_BODY_LIMIT);
+        if body_limit < 1024 {
+            errs.push("limits.body_bytes must be at least 1024".to_string());
+        }
+        let retain = raw.feed.retain.unwrap_or(100_000);
+        if retain == 0 {
+            errs.push("feed.retain must be at least 1".to_string());
+        }
+        let mut deny = Vec::new();
+        match raw.checks.deny_targets {
+            None => deny = IpNet::default_deny(),
+            Some(list) => {
+                for t in list {
+                    match t.parse::<IpNet>() {
+                        Ok(n) => deny.push(n),
+                        Err(e) => errs.push(format!("checks.deny_targets: {e}")),
+                    }
+                }
+            }
+        }
+        let grace = match raw.shutdown.grace {
+            None => Millis::from_secs(10),
+            Some(toml::Value::Integer(ms)) if ms >= 0 => Millis(ms as u64),
+            Some(toml::Value::String(s)) => duration::parse(&s).unwrap_or_else(|e| {
+                errs.push(format!("shutdown.grace: {e}"));
+                Millis(0)
+            }),
+            Some(other) => {
+                errs.push(format!(
+                    "shutdown.grace: {other} is not a duration such as \"10s\""
+                ));
+                Millis(0)
+            }
+        };
+        if !errs.is_empty() {
+            return Err(errs.join("; "));
+        }
+        Ok(Config {
+            http_addr,
+            dns_addr,
+            store,
+            body_limit,
+            retain,
+            checks: CheckPolicy {
+                allow_exec: raw.checks.allow_exec.unwrap_or(false),
+                deny_targets: deny,
+            },
+            grace: grace.as_duration(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(toml: &str) -> Result<Config, String> {
+        Config::try_from(RawConfig::from_toml(toml)?)
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = check("").unwrap();
+        assert_eq!(c.http_addr.to_string(), "127.0.0.1:8500");
+        assert_eq!(c.dns_addr.to_string(), "127.0.0.1:8600");
+        assert!(
+            matches!(c.store, StoreConfig::Embedded { ref data_dir } if data_dir == &PathBuf::from("./muster-data"))
+        );
+        assert_eq!(c.body_limit, 1 << 20);
+        assert!(!c.checks.allow_exec);
+        assert_eq!(c.checks.deny_targets.len(), 2);
+    }
+
+    #[test]
+    fn every_error_is_reported_together() {
+        let e =
+            check("http_addr = \"nope\"\n[limits]\nbody_bytes = 1\n[shutdown]\ngrace = \"soon\"")
+                .unwrap_err();
+        assert!(
+            e.contains("http_addr") && e.contains("body_bytes") && e.contains("shutdown.grace"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_and_unsupported_keys_are_refused() {
+        assert!(
+            check("htp_addr = \"x\"")
+                .unwrap_err()
+                .contains("unknown field")
+        );
+        assert!(
+            check("[acl]\nenabled = true").is_err(),
+            "ACLs must not be silently ignored"
+        );
+    }
+
+    #[test]
+    fn sections_parse() {
+        let c = check("in_memory = true\n[feed]\nretain = 5\n[checks]\nallow_exec = true\ndeny_targets = [\"10.0.0.0/8\"]\n[shutdown]\ngrace = 2500").unwrap();
+        assert!(matches!(c.store, StoreConfig::Memory));
+        assert_eq!(c.retain, 5);
+        assert!(c.checks.allow_exec);
+        assert_eq!(c.checks.deny_targets[0].to_string(), "10.0.0.0/8");
+        assert_eq!(c.grace, Duration::from_millis(2500));
+    }
+}
