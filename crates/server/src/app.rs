@@ -57,7 +57,7 @@ impl AppState {
         (name = "instances", description = "Registration, discovery, heartbeats"),
         (name = "operations", description = "Liveness, readiness, metrics"),
     ),
-    components(schemas(Problem))
+    components(schemas(crate::problem::ProblemDoc))
 )]
 struct ApiDoc;
 

@@ -1,7 +1,7 @@
 //! Operations routes: liveness, readiness and metrics.
 
 use crate::app::AppState;
-use crate::problem::Problem;
+use crate::problem::ProblemDoc;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -23,7 +23,7 @@ async fn health() -> Response {
 /// Readiness: 200 once the store is open and the index loaded.
 #[utoipa::path(get, path = "/ready", tag = "operations", responses(
     (status = 200, description = "ready"),
-    (status = 503, description = "still loading", body = Problem, content_type = "application/problem+json"),
+    (status = 503, description = "still loading", body = ProblemDoc, content_type = "application/problem+json"),
 ))]
 async fn ready(State(state): State<AppState>) -> Response {
     match state.registry() {

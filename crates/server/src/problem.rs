@@ -13,32 +13,43 @@ pub struct ProblemField {
     pub message: String,
 }
 
-/// `application/problem+json`.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+/// An RFC 9457 problem (`application/problem+json`). Kept small because
+/// every fallible handler step returns it; `type` and `title` are derived
+/// from `code` and `status` when it is written out.
+#[derive(Debug, Clone)]
 pub struct Problem {
-    /// `urn:muster:problem:{code}`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub title: String,
     pub status: u16,
-    pub detail: String,
     /// Stable machine code, e.g. `invalid`, `not_found`, `conflict`.
-    pub code: String,
+    pub code: &'static str,
+    pub detail: String,
     /// The (first) offending field, when one is to blame.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<ProblemField>,
 }
 
+/// The problem document as written on the wire (and in the OpenAPI document).
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Problem)]
+pub struct ProblemDoc<'a> {
+    /// `urn:muster:problem:{code}`.
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: &'a str,
+    code: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    errors: &'a [ProblemField],
+}
+
 impl Problem {
-    pub fn new(status: StatusCode, code: &str, detail: impl Into<String>) -> Problem {
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Problem {
         Problem {
-            kind: format!("urn:muster:problem:{code}"),
-            title: status.canonical_reason().unwrap_or("Error").to_string(),
             status: status.as_u16(),
+            code,
             detail: detail.into(),
-            code: code.to_string(),
             field: None,
             errors: Vec::new(),
         }
@@ -47,11 +58,7 @@ impl Problem {
     pub fn bad_request(field: impl Into<String>, detail: impl Into<String>) -> Problem {
         let field = field.into();
         let detail = detail.into();
-        let mut p = Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid",
-            format!("{field}: {detail}"),
-        );
+        let mut p = Problem::new(StatusCode::BAD_REQUEST, "invalid", format!("{field}: {detail}"));
         p.errors.push(ProblemField {
             field: field.clone(),
             message: detail,
@@ -66,6 +73,18 @@ impl Problem {
 
     fn status(&self) -> StatusCode {
         StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    pub fn doc(&self) -> ProblemDoc<'_> {
+        ProblemDoc {
+            kind: format!("urn:muster:problem:{}", self.code),
+            title: self.status().canonical_reason().unwrap_or("Error"),
+            status: self.status,
+            detail: &self.detail,
+            code: self.code,
+            field: self.field.as_deref(),
+            errors: &self.errors,
+        }
     }
 }
 
@@ -107,7 +126,7 @@ impl From<RegistryError> for Problem {
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = self.status();
-        let body = serde_json::to_vec(&self).unwrap_or_default();
+        let body = serde_json::to_vec(&self.doc()).unwrap_or_default();
         let mut resp = (status, body).into_response();
         resp.headers_mut().insert(
             header::CONTENT_TYPE,

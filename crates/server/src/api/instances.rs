@@ -3,7 +3,7 @@
 
 use crate::app::{ApiResult, AppState, json};
 use crate::extract::{Json, OptionalJson, Query};
-use crate::problem::Problem;
+use crate::problem::{Problem, ProblemDoc};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -42,7 +42,7 @@ fn registered(r: Registered) -> Response {
     ),
     responses(
         (status = 200, body = Vec<InstanceDoc>),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 400, body = ProblemDoc, content_type = "application/problem+json"),
     ))]
 async fn list_instances(
     State(s): State<AppState>,
@@ -78,10 +78,10 @@ async fn list_instances(
     responses(
         (status = 201, description = "registered", body = InstanceDoc),
         (status = 200, description = "replaced an instance with the same id", body = InstanceDoc),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "exec checks are disabled", body = Problem, content_type = "application/problem+json"),
-        (status = 413, body = Problem, content_type = "application/problem+json"),
-        (status = 503, body = Problem, content_type = "application/problem+json"),
+        (status = 400, body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "exec checks are disabled", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 413, body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, body = ProblemDoc, content_type = "application/problem+json"),
     ))]
 async fn register(
     State(s): State<AppState>,
@@ -98,7 +98,7 @@ async fn register(
     params(("service" = String, Path), ("id" = String, Path)),
     responses(
         (status = 200, body = InstanceDoc),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = ProblemDoc, content_type = "application/problem+json"),
     ))]
 async fn get_instance(
     State(s): State<AppState>,
@@ -117,8 +117,8 @@ async fn get_instance(
     responses(
         (status = 201, description = "registered", body = InstanceDoc),
         (status = 200, description = "replaced", body = InstanceDoc),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 400, body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, body = ProblemDoc, content_type = "application/problem+json"),
     ))]
 async fn put_instance(
     State(s): State<AppState>,
@@ -143,7 +143,7 @@ struct Deregistered {
     request_body(content = Option<DeregisterBody>),
     responses(
         (status = 200, body = Deregistered),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = ProblemDoc, content_type = "application/problem+json"),
     ))]
 async fn deregister(
     State(s): State<AppState>,
@@ -168,8 +168,8 @@ async fn deregister(
     request_body(content = Option<HeartbeatBody>),
     responses(
         (status = 200, body = InstanceDoc),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 400, body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, body = ProblemDoc, content_type = "application/problem+json"),
     ))]
 async fn heartbeat(
     State(s): State<AppState>,
@@ -188,8 +188,8 @@ async fn heartbeat(
     request_body = MaintenanceBody,
     responses(
         (status = 200, body = InstanceDoc),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 400, body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, body = ProblemDoc, content_type = "application/problem+json"),
     ))]
 async fn maintenance(
     State(s): State<AppState>,

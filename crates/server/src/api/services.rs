@@ -2,7 +2,7 @@
 
 use crate::app::{ApiResult, AppState, json};
 use crate::extract::{Json, Query};
-use crate::problem::Problem;
+use crate::problem::ProblemDoc;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -30,7 +30,7 @@ async fn list_services(State(s): State<AppState>) -> ApiResult<Response> {
     params(("name" = String, Path, description = "service name")),
     responses(
         (status = 200, body = ServiceDetail),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = ProblemDoc, content_type = "application/problem+json"),
     ))]
 async fn get_service(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
     Ok(json(StatusCode::OK, &s.registry()?.service(&name)?))
@@ -43,8 +43,8 @@ async fn get_service(State(s): State<AppState>, Path(name): Path<String>) -> Api
     responses(
         (status = 200, description = "replaced", body = ServiceRecord),
         (status = 201, description = "created", body = ServiceRecord),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 413, body = Problem, content_type = "application/problem+json"),
+        (status = 400, body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 413, body = ProblemDoc, content_type = "application/problem+json"),
     ))]
 async fn put_service(
     State(s): State<AppState>,
@@ -74,8 +74,8 @@ struct Deleted {
     ),
     responses(
         (status = 200, body = Deleted),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, body = ProblemDoc, content_type = "application/problem+json"),
     ))]
 async fn delete_service(
     State(s): State<AppState>,

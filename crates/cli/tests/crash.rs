@@ -1,0 +1,73 @@
+//! Acknowledged writes survive `kill -9`: register 300 instances against the
+//! real binary on the embedded store, SIGKILL it, restart it on the same data
+//! dir, and find all 300.
+
+mod common;
+
+use common::Server;
+use serde_json::{Value, json};
+
+async fn count(http: &reqwest::Client, addr: &str) -> usize {
+    let list: Value = http
+        .get(format!("{addr}/api/v1/services/crash/instances"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    list.as_array().unwrap().len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_registrations_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let http = reqwest::Client::new();
+    let mut server = Server::start_with(&["--data-dir", data]);
+    // 300 registrations from 16 concurrent clients, so commits are shared.
+    let tasks: Vec<_> = (0..16)
+        .map(|t| {
+            let http = http.clone();
+            let addr = server.addr.clone();
+            tokio::spawn(async move {
+                for i in (t..300).step_by(16) {
+                    let body = json!({"address": format!("10.0.{}.{}", i / 250, i % 250 + 1), "port": 8080,
+                                      "meta": {"n": i.to_string()}});
+                    let resp = http
+                        .post(format!("{addr}/api/v1/services/crash/instances"))
+                        .json(&body)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(count(&http, &server.addr).await, 300);
+    server.child.kill().unwrap(); // SIGKILL: no shutdown, no flush
+    server.child.wait().unwrap();
+    drop(server);
+    let server = Server::start_with(&["--data-dir", data]);
+    let mut ready = false;
+    for _ in 0..200 {
+        if let Ok(r) = http.get(format!("{}/ready", server.addr)).send().await
+            && r.status() == 200
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(ready, "the store did not reopen:\n{}", server.log());
+    assert_eq!(
+        count(&http, &server.addr).await,
+        300,
+        "every acknowledged registration is back"
+    );
+}
