@@ -1,0 +1,278 @@
+//! Results: a table on stdout, docs/BENCHMARKS.md (between markers, so the
+//! hand-written analysis around them stays) and SVG charts.
+
+use crate::scenarios::{Row, ScaleRow};
+use anyhow::Result;
+use plotters::prelude::*;
+use std::fmt::Write;
+use std::path::Path;
+
+pub struct Env {
+    pub date: String,
+    pub commit: String,
+    pub nproc: String,
+    pub cpu: String,
+    pub etcd: String,
+    pub command: String,
+    pub warmup_s: f64,
+    pub measure_s: f64,
+}
+
+fn sh(cmd: &str, args: &[&str]) -> String {
+    std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+impl Env {
+    pub fn collect(command: String, warmup_s: f64, measure_s: f64) -> Env {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| {
+                c.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+            })
+            .unwrap_or_default();
+        let dirty = if sh("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty() {
+            ""
+        } else {
+            " (with uncommitted changes)"
+        };
+        Env {
+            date: sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+            commit: format!("{}{dirty}", sh("git", &["rev-parse", "--short", "HEAD"])),
+            nproc: sh("nproc", &[]),
+            cpu,
+            etcd: sh("etcd", &["--version"])
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string(),
+            command,
+            warmup_s,
+            measure_s,
+        }
+    }
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
+}
+
+/// muster's rate over etcd's in the same scenario and concurrency.
+fn vs(rows: &[Row], r: &Row, target: &str) -> Option<f64> {
+    let other = rows.iter().find(|o| {
+        o.target == target
+            && o.clients == r.clients
+            && (o.scenario == r.scenario || target == "ceiling")
+    })?;
+    (other.rate > 0.0).then(|| r.rate / other.rate)
+}
+
+fn ratio(x: Option<f64>) -> String {
+    x.map_or("–".into(), |v| format!("{v:.2}×"))
+}
+
+pub fn table(rows: &[Row], scale: &[ScaleRow]) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "| scenario | target | clients | ops/s | p50 ms | p99 ms | p99.9 ms | server CPU s | peak RSS | errors | vs etcd | vs ceiling |"
+    );
+    let _ = writeln!(t, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    for r in rows {
+        let vs_etcd = if r.target == "muster" {
+            ratio(vs(rows, r, "etcd"))
+        } else {
+            "–".into()
+        };
+        let vs_ceiling = if r.target == "ceiling" {
+            "1.00×".into()
+        } else {
+            ratio(vs(rows, r, "ceiling"))
+        };
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} |",
+            r.scenario,
+            r.target,
+            r.clients,
+            r.rate,
+            r.p50_ms,
+            r.p99_ms,
+            r.p999_ms,
+            r.cpu_s,
+            mib(r.peak_rss),
+            r.errors,
+            vs_etcd,
+            vs_ceiling
+        );
+    }
+    if !scale.is_empty() {
+        let _ = writeln!(
+            t,
+            "\n| instances | muster load/s | muster RSS | muster data on disk | muster restart → /ready | etcd load/s (txn of 100 puts) | etcd RSS | RSS muster/etcd |"
+        );
+        let _ = writeln!(t, "|--:|--:|--:|--:|--:|--:|--:|--:|");
+        for s in scale {
+            let _ = writeln!(
+                t,
+                "| {} | {:.0} | {} | {} | {:.2} s | {:.0} | {} | {:.2}× |",
+                s.instances,
+                s.muster_load_rate,
+                mib(s.muster_rss),
+                mib(s.muster_disk),
+                s.muster_ready.as_secs_f64(),
+                s.etcd_load_rate,
+                mib(s.etcd_rss),
+                s.muster_rss as f64 / s.etcd_rss.max(1) as f64
+            );
+        }
+    }
+    t
+}
+
+pub fn markdown(env: &Env, rows: &[Row], scale: &[ScaleRow], charts: &[String]) -> String {
+    let mut m = String::new();
+    let _ = writeln!(
+        m,
+        "Run {} on commit `{}`: {} × {} (nproc {}), load generator on the same machine; {}.",
+        env.date, env.commit, env.nproc, env.cpu, env.nproc, env.etcd
+    );
+    let _ = writeln!(
+        m,
+        "Each figure: {:.0} s warm-up, then {:.0} s measured; latency from the client's side.\n",
+        env.warmup_s, env.measure_s
+    );
+    let _ = writeln!(m, "Command: `{}`\n", env.command);
+    m.push_str(&table(rows, scale));
+    m.push('\n');
+    for c in charts {
+        let _ = writeln!(m, "![{c}](bench/{c})");
+    }
+    m
+}
+
+const BEGIN: &str = "<!-- bench:begin (generated by muster-bench; edit outside these markers) -->";
+const END: &str = "<!-- bench:end -->";
+
+/// Replaces the generated part of `path`, keeping everything around the markers.
+pub fn write_markdown(path: &Path, generated: &str) -> Result<()> {
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    let block = format!("{BEGIN}\n{generated}\n{END}");
+    let new = match (old.find(BEGIN), old.find(END)) {
+        (Some(b), Some(e)) if e > b => format!("{}{block}{}", &old[..b], &old[e + END.len()..]),
+        _ => format!("# Benchmarks\n\n{block}\n"),
+    };
+    std::fs::write(path, new)?;
+    Ok(())
+}
+
+/// Throughput against concurrency for the registration scenario, plus the ceiling.
+pub fn chart_throughput(path: &Path, rows: &[Row]) -> Result<()> {
+    let root = SVGBackend::new(path, (720, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let max = rows.iter().map(|r| r.rate).fold(1.0, f64::max) * 1.1;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "durable registration: ops/s against concurrent clients",
+            ("sans-serif", 18),
+        )
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(64)
+        .build_cartesian_2d((1f64..256f64).log_scale(), 0f64..max)?;
+    chart
+        .configure_mesh()
+        .x_desc("concurrent clients")
+        .y_desc("ops/s")
+        .draw()?;
+    for (target, scenario, color) in [
+        ("muster", "registration", BLUE),
+        ("etcd", "registration", RED),
+        ("ceiling", "ceiling GET", BLACK),
+    ] {
+        let pts: Vec<(f64, f64)> = rows
+            .iter()
+            .filter(|r| r.target == target && r.scenario == scenario)
+            .map(|r| (r.clients as f64, r.rate))
+            .collect();
+        let label = if target == "ceiling" {
+            "ceiling (trivial GET)".to_string()
+        } else {
+            target.to_string()
+        };
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+            .label(label)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+            });
+        chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// p50/p99/p99.9 latency per scenario and target.
+pub fn chart_latency(path: &Path, rows: &[Row]) -> Result<()> {
+    let picked: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.target != "ceiling" && (r.scenario != "registration" || r.clients == 64))
+        .collect();
+    let root = SVGBackend::new(path, (720, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let max = picked.iter().map(|r| r.p999_ms).fold(0.1, f64::max) * 1.5;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("latency percentiles (ms, log scale)", ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0f64..2.2f64, (0.01f64..max).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_labels(3)
+        .x_label_formatter(&|x| match x.round() as i64 {
+            0 => "p50".into(),
+            1 => "p99".into(),
+            2 => "p99.9".into(),
+            _ => String::new(),
+        })
+        .y_desc("ms")
+        .draw()?;
+    let palette = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+    for (i, r) in picked.iter().enumerate() {
+        let color = palette[i % palette.len()];
+        let pts = vec![
+            (0.0, r.p50_ms.max(0.01)),
+            (1.0, r.p99_ms.max(0.01)),
+            (2.0, r.p999_ms.max(0.01)),
+        ];
+        let label = format!("{} · {} · {} clients", r.scenario, r.target, r.clients);
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+            .label(label)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+            });
+        chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
