@@ -58,7 +58,11 @@ impl Problem {
     pub fn bad_request(field: impl Into<String>, detail: impl Into<String>) -> Problem {
         let field = field.into();
         let detail = detail.into();
-        let mut p = Problem::new(StatusCode::BAD_REQUEST, "invalid", format!("{field}: {detail}"));
+        let mut p = Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            format!("{field}: {detail}"),
+        );
         p.errors.push(ProblemField {
             field: field.clone(),
             message: detail,
