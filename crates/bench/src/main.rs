@@ -57,6 +57,9 @@ struct RunArgs {
     /// Where the markdown report goes (charts go beside it, under bench/)
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Concurrency levels of the registration scenario and the ceiling
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+    clients: Vec<usize>,
 }
 
 #[derive(ValueEnum, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +122,7 @@ async fn run_inner(scenarios: Vec<Scenario>, args: RunArgs) -> Result<()> {
     );
     let env = report::Env::collect(command, warmup.as_secs_f64(), measure.as_secs_f64());
     progress::spawn();
-    let clients = [1, 16, 64, 256];
+    let clients = args.clients.clone();
     let mut rows = scenarios::ceiling(&settings, &clients).await?;
     let mut scale = Vec::new();
     for s in &scenarios {

@@ -65,8 +65,16 @@ async fn await_listening(
     })
     .await
     .with_context(|| format!("{name} did not start within 30s"))??;
-    // Keep draining so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    // Keep draining so the child never blocks on a full pipe; with
+    // MUSTER_BENCH_LOG set, show what it says.
+    let show = std::env::var_os("MUSTER_BENCH_LOG").is_some();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if show {
+                eprintln!("{line}");
+            }
+        }
+    });
     found.with_context(|| format!("{name} exited before listening"))
 }
 
@@ -85,7 +93,11 @@ impl Proc {
                 "--data-dir",
             ])
             .arg(data_dir)
-            .env("RUST_LOG", "warn,muster_server::serve=info")
+            .env(
+                "RUST_LOG",
+                std::env::var("MUSTER_BENCH_LOG")
+                    .unwrap_or_else(|_| "warn,muster_server::serve=info".into()),
+            )
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

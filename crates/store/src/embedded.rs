@@ -64,7 +64,8 @@ type Reply<T> = oneshot::Sender<Result<T>>;
 
 enum Cmd {
     Txn(Txn, Reply<TxnResult>),
-    Grant(Duration, Reply<LeaseId>),
+    /// Persist a lease already live in memory (see `lease_grant`).
+    PersistGrant(LeaseId, Duration),
     /// Revoke a lease; with `only_if_expired`, only if its deadline has passed
     /// (the expiry task's request, which a late keepalive may have overtaken).
     Revoke {
@@ -83,6 +84,7 @@ struct Shared {
     leases: Arc<LeaseClock>,
     revision: AtomicU64,
     oldest: AtomicU64,
+    next_lease: AtomicU64,
     /// `None` once closed, which ends every watcher.
     live: Mutex<Option<broadcast::Sender<Arc<Change>>>>,
     cancel: CancellationToken,
@@ -232,6 +234,7 @@ impl EmbeddedStore {
             leases,
             revision: AtomicU64::new(revision),
             oldest: AtomicU64::new(oldest),
+            next_lease: AtomicU64::new(next_lease),
             live: Mutex::new(Some(live)),
             cancel: CancellationToken::new(),
             writer: Mutex::new(None),
@@ -239,7 +242,6 @@ impl EmbeddedStore {
         let writer = Writer {
             db,
             shared: shared.clone(),
-            next_lease,
             opts,
         };
         let handle = std::thread::Builder::new()
@@ -359,13 +361,23 @@ impl Store for EmbeddedStore {
         Box::pin(async move { w })
     }
 
+    /// A grant is live in memory at once and answered without waiting for
+    /// the disk: its record is queued to the writer ahead of any transaction
+    /// that can name it, so no durable key ever refers to a lease that is not
+    /// durable too. A grant lost in a crash was never referenced by an
+    /// acknowledged write.
     fn lease_grant(&self, ttl: Duration) -> BoxFuture<'_, Result<LeaseId>> {
-        let (reply, rx) = oneshot::channel();
-        let sent = self.send(Cmd::Grant(ttl, reply));
-        Box::pin(async move {
-            sent?;
-            answer(rx).await
-        })
+        let r = (|| {
+            let commands = self.0.commands.lock();
+            let tx = commands.as_ref().ok_or(StoreError::Closed)?;
+            let id = LeaseId(self.0.next_lease.fetch_add(1, Ordering::AcqRel));
+            self.0.leases.leases.lock().insert(id, ttl);
+            tx.send(Cmd::PersistGrant(id, ttl))
+                .map_err(|_| StoreError::Closed)?;
+            self.0.leases.changed.notify_one();
+            Ok(id)
+        })();
+        Box::pin(async move { r })
     }
 
     fn lease_keepalive(&self, id: LeaseId) -> BoxFuture<'_, Result<Duration>> {
@@ -425,14 +437,12 @@ impl Store for EmbeddedStore {
 struct Writer {
     db: Arc<Database>,
     shared: Arc<Shared>,
-    next_lease: u64,
     opts: EmbeddedOptions,
 }
 
 /// An answer held back until the batch is durable.
 enum Pending {
     Txn(Reply<TxnResult>, Result<TxnResult>),
-    Grant(Reply<LeaseId>, Result<LeaseId>),
     Revoke(Reply<bool>, Result<bool>),
 }
 
@@ -440,14 +450,12 @@ impl Pending {
     fn fail(self, e: StoreError) {
         match self {
             Pending::Txn(r, _) => drop(r.send(Err(e))),
-            Pending::Grant(r, _) => drop(r.send(Err(e))),
             Pending::Revoke(r, _) => drop(r.send(Err(e))),
         }
     }
     fn send(self) {
         match self {
             Pending::Txn(r, v) => drop(r.send(v)),
-            Pending::Grant(r, v) => drop(r.send(v)),
             Pending::Revoke(r, v) => drop(r.send(v)),
         }
     }
@@ -474,10 +482,15 @@ impl Writer {
 
     fn commit_batch(&mut self, batch: Vec<Cmd>) {
         let base = self.shared.revision.load(Ordering::Acquire);
-        let next_lease = self.next_lease;
         let mut pending = Vec::with_capacity(batch.len());
-        let mut granted = false;
-        let outcome = self.apply_batch(batch, base, &mut pending, &mut granted);
+        let size = batch.len();
+        let started = Instant::now();
+        let outcome = self.apply_batch(batch, base, &mut pending);
+        tracing::trace!(
+            commands = size,
+            took_us = started.elapsed().as_micros() as u64,
+            "batch committed"
+        );
         match outcome {
             Ok((rev, oldest, changes)) => {
                 self.shared.oldest.store(oldest, Ordering::Release);
@@ -487,18 +500,15 @@ impl Writer {
                         let _ = live.send(c);
                     }
                 }
-                if granted {
-                    self.shared.leases.changed.notify_one();
-                }
                 for p in pending {
                     p.send();
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, path = %self.shared.path.display(), "store commit failed; writes are refused until it succeeds");
-                self.next_lease = next_lease;
                 // The batch applied lease changes in memory; reload them from
-                // what is actually on disk.
+                // what is actually on disk (grants not yet persisted are lost:
+                // writes naming them will answer LeaseNotFound).
                 match load_leases(&self.db) {
                     Ok(l) => *self.shared.leases.leases.lock() = l,
                     Err(e) => {
@@ -519,7 +529,6 @@ impl Writer {
         batch: Vec<Cmd>,
         base: Revision,
         pending: &mut Vec<Pending>,
-        granted: &mut bool,
     ) -> Result<(Revision, Revision, Vec<Arc<Change>>)> {
         let mut wtx = self.db.begin_write().map_err(unavailable)?;
         wtx.set_durability(Durability::Immediate)
@@ -574,14 +583,12 @@ impl Writer {
                             }
                         }
                     }
-                    Cmd::Grant(ttl, reply) => {
-                        let id = self.next_lease;
-                        self.next_lease += 1;
-                        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-                        lt.insert(id, ttl_ms).map_err(unavailable)?;
-                        leases.insert(LeaseId(id), ttl);
-                        *granted = true;
-                        pending.push(Pending::Grant(reply, Ok(LeaseId(id))));
+                    Cmd::PersistGrant(id, ttl) => {
+                        // Revoked or expired before it reached the disk: nothing to keep.
+                        if leases.map.contains_key(&id) {
+                            let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+                            lt.insert(id.0, ttl_ms).map_err(unavailable)?;
+                        }
                     }
                     Cmd::Revoke {
                         id,
@@ -605,7 +612,7 @@ impl Writer {
             }
             drop(leases);
             meta.insert("revision", rev).map_err(unavailable)?;
-            meta.insert("next_lease", self.next_lease)
+            meta.insert("next_lease", self.shared.next_lease.load(Ordering::Acquire))
                 .map_err(unavailable)?;
             let cutoff = (rev + 1).saturating_sub(self.opts.retain.max(1) as u64);
             loop {
