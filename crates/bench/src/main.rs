@@ -60,6 +60,9 @@ struct RunArgs {
     /// Concurrency levels of the registration scenario and the ceiling
     #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
     clients: Vec<usize>,
+    /// Instance counts of the scale scenario [default: 100000,1000000; 10000 with --quick]
+    #[arg(long, value_delimiter = ',')]
+    sizes: Option<Vec<usize>>,
 }
 
 #[derive(ValueEnum, Clone, Copy, PartialEq, Eq)]

@@ -2,9 +2,10 @@
 //! made it.
 
 use crate::Timestamp;
-use crate::instance::InstanceView;
+use crate::instance::InstanceRecord;
 use crate::status::Status;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -27,7 +28,7 @@ pub struct Event {
     pub service: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<crate::InstanceDoc>)]
-    pub instance: Option<InstanceView>,
+    pub instance: Option<Arc<InstanceRecord>>,
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub at: Timestamp,

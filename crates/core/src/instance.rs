@@ -227,8 +227,9 @@ pub struct Reported {
     pub output: String,
 }
 
-/// An instance as the store keeps it. Volatile data (last heartbeat, metrics)
-/// is not part of the record: heartbeats never touch the disk.
+/// An instance as the store keeps it, and as the API returns it: its JSON is
+/// the API's instance object, less the volatile data (last heartbeat,
+/// metrics) that the server adds from memory: heartbeats never touch the disk.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceRecord {
     pub id: String,
@@ -244,10 +245,18 @@ pub struct InstanceRecord {
     pub ttl: Option<Millis>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deregister_critical_after: Option<Millis>,
+    /// Derived from the checks, the reported status and maintenance, and kept
+    /// current by [`InstanceRecord::refresh_status`] before every write, so
+    /// readers serve the stored JSON as it is.
+    pub status: Status,
     #[serde(default)]
     pub checks: Vec<CheckRecord>,
     /// `Some(reason)` while in maintenance.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "maintenance_reason",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub maintenance: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reported: Option<Reported>,
@@ -261,7 +270,7 @@ impl InstanceRecord {
     /// A new record; `previous` keeps `registered_at` and the operator's
     /// maintenance flag across an idempotent re-registration.
     pub fn new(r: Registration, now: Timestamp, previous: Option<&InstanceRecord>) -> Self {
-        InstanceRecord {
+        let mut rec = InstanceRecord {
             id: r.id,
             service: r.service,
             address: r.address,
@@ -273,23 +282,32 @@ impl InstanceRecord {
             lifetime: r.lifetime,
             ttl: r.ttl,
             deregister_critical_after: r.deregister_critical_after,
+            status: Status::Passing,
             checks: merge_check_status(r.checks, previous),
             maintenance: previous.and_then(|p| p.maintenance.clone()),
             reported: None,
             registered_at: previous.map_or(now, |p| p.registered_at),
             updated_at: now,
-        }
+        };
+        rec.refresh_status();
+        rec
     }
 
-    /// The worst of its checks and its self-reported status, or maintenance.
+    /// The stored status (see [`InstanceRecord::refresh_status`]).
     pub fn status(&self) -> Status {
-        status::aggregate(
+        self.status
+    }
+
+    /// Recomputes `status`: the worst of the checks and the self-reported
+    /// status, or maintenance. Call after changing any of them.
+    pub fn refresh_status(&mut self) {
+        self.status = status::aggregate(
             self.maintenance.is_some(),
             self.checks
                 .iter()
                 .map(|c| c.status)
                 .chain(self.reported.as_ref().map(|r| r.status)),
-        )
+        );
     }
 
     /// True when re-registering `other` would change nothing a reader sees.
@@ -328,68 +346,8 @@ fn merge_check_status(
     checks
 }
 
-/// An instance as the API returns it: the record, its derived status and the
-/// volatile data the server holds in memory. Serialized by hand so a list of
-/// instances is written straight from the shared records without copying them;
-/// [`InstanceDoc`] documents the same shape for the OpenAPI document.
-#[derive(Debug, Clone)]
-pub struct InstanceView {
-    pub record: std::sync::Arc<InstanceRecord>,
-    pub last_heartbeat_at: Option<Timestamp>,
-    pub metrics: Option<std::sync::Arc<serde_json::Value>>,
-}
-
-impl InstanceView {
-    pub fn new(record: std::sync::Arc<InstanceRecord>) -> Self {
-        InstanceView {
-            record,
-            last_heartbeat_at: None,
-            metrics: None,
-        }
-    }
-}
-
-impl Serialize for InstanceView {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let r = &*self.record;
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry("id", &r.id)?;
-        m.serialize_entry("service", &r.service)?;
-        m.serialize_entry("address", &r.address)?;
-        m.serialize_entry("port", &r.port)?;
-        m.serialize_entry("tags", &r.tags)?;
-        m.serialize_entry("meta", &r.meta)?;
-        m.serialize_entry("data", &r.data)?;
-        m.serialize_entry("weight", &r.weight)?;
-        m.serialize_entry("lifetime", &r.lifetime)?;
-        if let Some(ttl) = r.ttl {
-            m.serialize_entry("ttl", &ttl)?;
-        }
-        if let Some(d) = r.deregister_critical_after {
-            m.serialize_entry("deregister_critical_after", &d)?;
-        }
-        m.serialize_entry("status", &r.status())?;
-        m.serialize_entry("checks", &r.checks)?;
-        if let Some(reason) = &r.maintenance {
-            m.serialize_entry("maintenance_reason", reason)?;
-        }
-        if let Some(rep) = &r.reported {
-            m.serialize_entry("reported", rep)?;
-        }
-        m.serialize_entry("registered_at", &crate::rfc3339(r.registered_at))?;
-        m.serialize_entry("updated_at", &crate::rfc3339(r.updated_at))?;
-        if let Some(t) = self.last_heartbeat_at {
-            m.serialize_entry("last_heartbeat_at", &crate::rfc3339(t))?;
-        }
-        if let Some(metrics) = &self.metrics {
-            m.serialize_entry("metrics", &**metrics)?;
-        }
-        m.end()
-    }
-}
-
-/// The documented shape of [`InstanceView`] (OpenAPI only).
+/// The documented shape of an instance in the API: an [`InstanceRecord`]
+/// plus the volatile fields the server adds (OpenAPI only).
 #[derive(utoipa::ToSchema)]
 #[schema(as = Instance)]
 #[allow(dead_code)]
@@ -578,14 +536,14 @@ mod tests {
     }
 
     #[test]
-    fn view_serializes_the_documented_fields() {
+    fn record_json_is_the_documented_instance() {
         let reg = validate(r#"{"address":"a","port":80,"ttl":"30s"}"#).unwrap();
-        let rec = InstanceRecord::new(reg, time::OffsetDateTime::UNIX_EPOCH, None);
-        let mut view = InstanceView::new(std::sync::Arc::new(rec));
-        view.last_heartbeat_at = Some(time::OffsetDateTime::UNIX_EPOCH);
-        view.metrics = Some(std::sync::Arc::new(serde_json::json!({"cpu": 0.5})));
-        let v = serde_json::to_value(&view).unwrap();
-        let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        let mut rec = InstanceRecord::new(reg, time::OffsetDateTime::UNIX_EPOCH, None);
+        rec.maintenance = Some("deploy".into());
+        rec.refresh_status();
+        let v = serde_json::to_value(&rec).unwrap();
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        keys.extend(["last_heartbeat_at", "metrics"]);
         use utoipa::PartialSchema;
         let schema = serde_json::to_value(InstanceDoc::schema()).unwrap();
         let props = schema["properties"].as_object().unwrap();
@@ -595,29 +553,13 @@ mod tests {
                 "{k} is serialized but not documented"
             );
         }
-        assert_eq!(v["status"], "passing");
+        assert_eq!(v["status"], "maintenance");
+        assert_eq!(v["maintenance_reason"], "deploy");
         assert_eq!(v["lifetime"], "ttl");
         assert_eq!(v["ttl"], "30s");
         assert_eq!(v["registered_at"], "1970-01-01T00:00:00Z");
-        for required in [
-            "id",
-            "service",
-            "address",
-            "port",
-            "tags",
-            "meta",
-            "data",
-            "weight",
-            "lifetime",
-            "status",
-            "checks",
-            "registered_at",
-            "updated_at",
-            "last_heartbeat_at",
-            "metrics",
-        ] {
-            assert!(keys.contains(&required), "{required} missing from {keys:?}");
-        }
+        let back: InstanceRecord = serde_json::from_value(v).unwrap();
+        assert_eq!(back, rec);
     }
 
     #[test]

@@ -21,8 +21,8 @@ pub use duration::Millis;
 pub use error::{FieldError, ValidationError};
 pub use event::{Event, EventKind};
 pub use instance::{
-    DeregisterBody, HeartbeatBody, InstanceDoc, InstanceRecord, InstanceView, Lifetime,
-    MaintenanceBody, RegisterBody, RegisterError, Registration, Reported,
+    DeregisterBody, HeartbeatBody, InstanceDoc, InstanceRecord, Lifetime, MaintenanceBody,
+    RegisterBody, RegisterError, Registration, Reported,
 };
 pub use service::{ServiceBody, ServiceRecord};
 pub use status::Status;

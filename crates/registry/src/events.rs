@@ -2,7 +2,7 @@
 //! gives the same events, whether it arrives live or is replayed from history.
 
 use crate::keys::{self, Key, Note, NoteKind};
-use muster_core::{Event, EventKind, InstanceView};
+use muster_core::{Event, EventKind};
 use muster_store::{Change, EventType};
 use std::sync::Arc;
 
@@ -56,7 +56,7 @@ pub fn events_of(change: &Change) -> Vec<Event> {
                             }
                             _ => {}
                         }
-                        e.instance = Some(InstanceView::new(Arc::new(rec)));
+                        e.instance = Some(Arc::new(rec));
                     }
                     EventType::Delete => {
                         e.kind = match note.kind {
@@ -67,7 +67,7 @@ pub fn events_of(change: &Change) -> Vec<Event> {
                         };
                         e.reason = note.reason.clone();
                         e.error = note.error.clone();
-                        e.instance = prev.map(|p| InstanceView::new(Arc::new(p)));
+                        e.instance = prev.map(Arc::new);
                     }
                 }
                 out.push(e);

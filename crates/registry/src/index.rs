@@ -1,39 +1,80 @@
-//! The read index: every service and instance, decoded, in memory, as of
-//! one store revision. Fed only by the store's change stream.
+//! The read index: every service and instance in memory, as of one store
+//! revision. Fed only by the store's change stream.
+//!
+//! An instance is kept as its stored JSON (exactly what the API returns),
+//! plus what filters and counts need (status, tags). Reads write the bytes
+//! out as they are; only writes decode a record. That keeps an instance to
+//! well under a kilobyte and a restart to one light parse per instance.
 
 use crate::keys::{self, Key};
-use muster_core::{InstanceRecord, ServiceRecord, Status, Timestamp};
+use crate::view::{InstanceJson, Volatile};
+use bytes::Bytes;
+use muster_core::{ServiceRecord, Status};
 use muster_store::{Change, EventType, KeyValue, LeaseId, Revision, Snapshot};
 use parking_lot::Mutex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::sync::Arc;
-
-/// Heartbeat data: held in memory only (heartbeats never touch the disk).
-#[derive(Debug, Default, Clone)]
-pub struct Volatile {
-    pub last_heartbeat_at: Option<Timestamp>,
-    pub metrics: Option<Arc<serde_json::Value>>,
-}
+use std::sync::{Arc, OnceLock};
 
 #[derive(Debug, Clone)]
 pub struct InstanceEntry {
-    pub rec: Arc<InstanceRecord>,
+    /// The record's JSON object.
+    pub json: Bytes,
+    pub status: Status,
+    pub tags: Box<[Box<str>]>,
     pub mod_revision: Revision,
     pub lease: Option<LeaseId>,
-    /// Shared across updates of the same instance, dropped with it.
-    pub volatile: Arc<Mutex<Volatile>>,
+    /// Created at the first heartbeat; carried across updates of the instance.
+    pub volatile: OnceLock<Arc<Mutex<Volatile>>>,
+}
+
+impl InstanceEntry {
+    pub fn record(&self) -> Result<muster_core::InstanceRecord, String> {
+        serde_json::from_slice(&self.json).map_err(|e| format!("unreadable instance record: {e}"))
+    }
+
+    pub fn to_json(&self) -> InstanceJson {
+        InstanceJson {
+            json: self.json.clone(),
+            volatile: self
+                .volatile
+                .get()
+                .map(|v| v.lock().clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    pub fn has_tags(&self, tags: &[String]) -> bool {
+        tags.iter()
+            .all(|t| self.tags.iter().any(|mine| **mine == **t))
+    }
+}
+
+/// What the index reads of a record without decoding all of it.
+#[derive(Deserialize)]
+struct Filterable {
+    status: Status,
+    #[serde(default)]
+    tags: Vec<Box<str>>,
 }
 
 #[derive(Debug, Default)]
 pub struct ServiceEntry {
     pub def: Option<Arc<ServiceRecord>>,
-    pub instances: BTreeMap<String, InstanceEntry>,
+    pub instances: BTreeMap<Box<str>, InstanceEntry>,
 }
 
 impl ServiceEntry {
     fn is_empty(&self) -> bool {
         self.def.is_none() && self.instances.is_empty()
+    }
+
+    pub fn counts(&self) -> StatusCounts {
+        let mut c = StatusCounts::default();
+        for i in self.instances.values() {
+            c.add(i.status);
+        }
+        c
     }
 }
 
@@ -112,28 +153,38 @@ impl Index {
                     tracing::warn!(service = name, error = %e, "skipping unreadable service record")
                 }
             },
-            Key::Instance { service, id } => match keys::decode_instance(&kv.value) {
-                Ok(rec) => {
-                    let entry = self.services.entry(service.to_string()).or_default();
-                    let volatile = entry
-                        .instances
-                        .get(id)
-                        .map(|e| e.volatile.clone())
-                        .unwrap_or_default();
-                    entry.instances.insert(
-                        id.to_string(),
-                        InstanceEntry {
-                            rec: Arc::new(rec),
-                            mod_revision: kv.mod_revision,
-                            lease: kv.lease,
-                            volatile,
-                        },
-                    );
+            Key::Instance { service, id } => {
+                let parsed = keys::record_slice(&kv.value).and_then(|json| {
+                    serde_json::from_slice::<Filterable>(json)
+                        .map(|f| (json, f))
+                        .map_err(|e| format!("unreadable instance record: {e}"))
+                });
+                match parsed {
+                    Ok((json, f)) => {
+                        let entry = self.services.entry(service.to_string()).or_default();
+                        let volatile = entry
+                            .instances
+                            .get(id)
+                            .map(|e| e.volatile.clone())
+                            .unwrap_or_default();
+                        entry.instances.insert(
+                            id.into(),
+                            InstanceEntry {
+                                // Exact-size copy: the index outlives the change's buffers.
+                                json: Bytes::copy_from_slice(json),
+                                status: f.status,
+                                tags: f.tags.into_boxed_slice(),
+                                mod_revision: kv.mod_revision,
+                                lease: kv.lease,
+                                volatile,
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        tracing::warn!(service, instance = id, error = %e, "skipping unreadable instance record")
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(service, instance = id, error = %e, "skipping unreadable instance record")
-                }
-            },
+            }
             Key::Other => {}
         }
     }
@@ -163,10 +214,7 @@ impl Index {
         self.services
             .iter()
             .map(|(name, e)| {
-                let mut c = StatusCounts::default();
-                for i in e.instances.values() {
-                    c.add(i.rec.status());
-                }
+                let c = e.counts();
                 ServiceSummary {
                     name: name.clone(),
                     tags: e.def.as_ref().map(|d| d.tags.clone()).unwrap_or_default(),

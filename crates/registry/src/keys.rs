@@ -79,6 +79,21 @@ pub fn decode_instance(bytes: &[u8]) -> Result<InstanceRecord, String> {
     decode(bytes)
 }
 
+const ENVELOPE_HEAD: &[u8] = br#"{"v":1,"r":"#;
+
+/// The record inside an envelope written by [`encode`], without decoding it.
+pub fn record_slice(bytes: &[u8]) -> Result<&[u8], String> {
+    if bytes.starts_with(ENVELOPE_HEAD)
+        && bytes.ends_with(b"}")
+        && bytes.len() > ENVELOPE_HEAD.len()
+    {
+        return Ok(&bytes[ENVELOPE_HEAD.len()..bytes.len() - 1]);
+    }
+    // Not the shape this version writes: let the full decoder say why.
+    decode::<serde::de::IgnoredAny>(bytes)?;
+    Err("record envelope is not in the expected form".into())
+}
+
 pub fn decode_service(bytes: &[u8]) -> Result<ServiceRecord, String> {
     decode(bytes)
 }
@@ -155,5 +170,12 @@ mod tests {
                 .contains("newer muster")
         );
         assert!(decode::<Vec<i32>>(b"garbage").is_err());
+        assert_eq!(record_slice(&bytes).unwrap(), b"[1,2]");
+        assert!(
+            record_slice(br#"{"v":2,"r":[1]}"#)
+                .unwrap_err()
+                .contains("newer muster")
+        );
+        assert!(record_slice(b"{}").is_err());
     }
 }

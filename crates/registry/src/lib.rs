@@ -17,8 +17,10 @@ mod events;
 mod index;
 mod keys;
 mod registry;
+mod view;
 
 pub use error::RegistryError;
 pub use events::events_of;
 pub use index::{ServiceSummary, StatusCounts};
 pub use registry::{InstanceFilter, Registered, Registry, ServiceDetail};
+pub use view::{InstanceJson, Volatile, list_json};

@@ -4,10 +4,12 @@
 use crate::error::RegistryError;
 use crate::index::{Index, InstanceEntry, ServiceSummary};
 use crate::keys::{self, Note, NoteKind};
+use crate::view::{InstanceJson, list_json};
+use bytes::Bytes;
 use muster_core::check::CheckPolicy;
 use muster_core::{
-    DeregisterBody, HeartbeatBody, InstanceRecord, InstanceView, MaintenanceBody, RegisterBody,
-    RegisterError, Reported, ServiceBody, ServiceRecord, Status,
+    DeregisterBody, HeartbeatBody, InstanceRecord, MaintenanceBody, RegisterBody, RegisterError,
+    Reported, ServiceBody, ServiceRecord, Status,
 };
 use muster_store::{Compare, DynStore, Revision, StoreError, Txn};
 use parking_lot::RwLock;
@@ -34,7 +36,7 @@ pub struct Registry {
 
 /// The outcome of a registration.
 pub struct Registered {
-    pub instance: InstanceView,
+    pub instance: InstanceJson,
     /// False when it replaced an instance with the same id.
     pub created: bool,
     pub revision: Revision,
@@ -47,9 +49,25 @@ pub struct ServiceDetail {
     pub tags: Vec<String>,
     pub meta: std::collections::BTreeMap<String, String>,
     pub spec: serde_json::Value,
-    #[schema(value_type = Vec<muster_core::InstanceDoc>)]
-    pub instances: Vec<InstanceView>,
     pub revision: Revision,
+    #[serde(skip)]
+    #[schema(value_type = Vec<muster_core::InstanceDoc>)]
+    pub instances: Vec<InstanceJson>,
+}
+
+impl ServiceDetail {
+    /// The definition's fields, then `"instances"` written from the stored bytes.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec(self).unwrap_or_else(|_| b"{}".to_vec());
+        out.pop();
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        out.extend_from_slice(br#""instances":"#);
+        out.extend_from_slice(&list_json(&self.instances));
+        out.push(b'}');
+        out
+    }
 }
 
 /// Filters of `GET .../instances`.
@@ -65,13 +83,12 @@ pub struct InstanceFilter {
 }
 
 impl InstanceFilter {
-    fn matches(&self, rec: &InstanceRecord) -> bool {
-        let status = rec.status();
-        (self.statuses.is_empty() || self.statuses.contains(&status))
-            && self.tags.iter().all(|t| rec.tags.contains(t))
+    fn matches(&self, e: &InstanceEntry) -> bool {
+        (self.statuses.is_empty() || self.statuses.contains(&e.status))
+            && e.has_tags(&self.tags)
             && self
                 .healthy
-                .is_none_or(|h| status.is_healthy(self.strict) == h)
+                .is_none_or(|h| e.status.is_healthy(self.strict) == h)
     }
 }
 
@@ -79,13 +96,8 @@ fn now() -> muster_core::Timestamp {
     time::OffsetDateTime::now_utc()
 }
 
-fn view(e: &InstanceEntry) -> InstanceView {
-    let v = e.volatile.lock();
-    InstanceView {
-        record: e.rec.clone(),
-        last_heartbeat_at: v.last_heartbeat_at,
-        metrics: v.metrics.clone(),
-    }
+fn record_of(e: &InstanceEntry) -> Result<InstanceRecord, RegistryError> {
+    e.record().map_err(RegistryError::Unavailable)
 }
 
 fn not_found(service: &str, id: &str) -> RegistryError {
@@ -169,7 +181,7 @@ impl Registry {
             tags: def.map(|d| d.tags.clone()).unwrap_or_default(),
             meta: def.map(|d| d.meta.clone()).unwrap_or_default(),
             spec: def.map(|d| d.spec.clone()).unwrap_or_default(),
-            instances: e.instances.values().map(view).collect(),
+            instances: e.instances.values().map(InstanceEntry::to_json).collect(),
             revision: idx.revision,
         })
     }
@@ -249,22 +261,24 @@ impl Registry {
 
     // ----- instances -----
 
-    pub fn instances(&self, service: &str, filter: &InstanceFilter) -> Vec<InstanceView> {
+    pub fn instances(&self, service: &str, filter: &InstanceFilter) -> Vec<InstanceJson> {
         let idx = self.index.read();
         match idx.services.get(service) {
             None => Vec::new(),
             Some(e) => e
                 .instances
                 .values()
-                .filter(|i| filter.matches(&i.rec))
-                .map(view)
+                .filter(|i| filter.matches(i))
+                .map(InstanceEntry::to_json)
                 .collect(),
         }
     }
 
-    pub fn instance(&self, service: &str, id: &str) -> Result<InstanceView, RegistryError> {
-        self.entry(service, id)
-            .map(|e| view(&e))
+    pub fn instance(&self, service: &str, id: &str) -> Result<InstanceJson, RegistryError> {
+        self.index
+            .read()
+            .instance(service, id)
+            .map(InstanceEntry::to_json)
             .ok_or_else(|| not_found(service, id))
     }
 
@@ -284,9 +298,10 @@ impl Registry {
         let key = keys::instance_key(service, &reg.id);
         for _ in 0..CAS_ATTEMPTS {
             let prev = self.entry(service, &reg.id);
-            let rec = InstanceRecord::new(reg.clone(), now(), prev.as_ref().map(|p| &*p.rec));
-            if let Some(p) = &prev
-                && p.rec.same_definition(&rec)
+            let prev_rec = prev.as_ref().map(record_of).transpose()?;
+            let rec = InstanceRecord::new(reg.clone(), now(), prev_rec.as_ref());
+            if let (Some(p), Some(pr)) = (&prev, &prev_rec)
+                && pr.same_definition(&rec)
             {
                 // Nothing a reader sees would change: renew instead of writing.
                 let unchanged = match p.lease {
@@ -295,7 +310,7 @@ impl Registry {
                 };
                 if unchanged {
                     return Ok(Registered {
-                        instance: view(p),
+                        instance: p.to_json(),
                         created: false,
                         revision: self.revision(),
                     });
@@ -332,10 +347,13 @@ impl Registry {
                 let _ = self.store.lease_revoke(old).await;
             }
             self.applied(res.revision).await?;
+            // Normally the index's copy; if the instance already expired, what was written.
             let instance = self
-                .entry(service, &reg.id)
-                .map(|e| view(&e))
-                .unwrap_or_else(|| InstanceView::new(Arc::new(rec)));
+                .instance(service, &reg.id)
+                .unwrap_or_else(|_| InstanceJson {
+                    json: Bytes::from(serde_json::to_vec(&rec).unwrap_or_default()),
+                    volatile: Default::default(),
+                });
             return Ok(Registered {
                 instance,
                 created: prev.is_none(),
@@ -386,7 +404,7 @@ impl Registry {
         service: &str,
         id: &str,
         body: HeartbeatBody,
-    ) -> Result<InstanceView, RegistryError> {
+    ) -> Result<InstanceJson, RegistryError> {
         body.validate()?;
         let entry = self
             .entry(service, id)
@@ -398,11 +416,18 @@ impl Registry {
                 Err(e) => return Err(e.into()),
             }
         }
-        {
-            let mut v = entry.volatile.lock();
+        // Created under the index lock, so the follower carries it over when
+        // it replaces the entry.
+        let volatile = {
+            let idx = self.index.read();
+            idx.instance(service, id)
+                .map(|e| e.volatile.get_or_init(Default::default).clone())
+        };
+        if let Some(v) = volatile {
+            let mut v = v.lock();
             v.last_heartbeat_at = Some(now());
-            if let Some(m) = body.metrics {
-                v.metrics = Some(Arc::new(m));
+            if let Some(m) = &body.metrics {
+                v.metrics = Some(Bytes::from(serde_json::to_vec(m).unwrap_or_default()));
             }
         }
         if let Some(status) = body.status {
@@ -430,7 +455,7 @@ impl Registry {
         service: &str,
         id: &str,
         body: MaintenanceBody,
-    ) -> Result<InstanceView, RegistryError> {
+    ) -> Result<InstanceJson, RegistryError> {
         body.validate()?;
         let want = body
             .enabled
@@ -463,10 +488,11 @@ impl Registry {
             let entry = self
                 .entry(service, id)
                 .ok_or_else(|| not_found(service, id))?;
-            let mut rec = (*entry.rec).clone();
+            let mut rec = record_of(&entry)?;
             if !change(&mut rec) {
                 return Ok(());
             }
+            rec.refresh_status();
             rec.updated_at = now();
             let txn = Txn::new()
                 .when(Compare::ModRevision(key.clone().into(), entry.mod_revision))
@@ -490,13 +516,7 @@ impl Registry {
         let idx = self.index.read();
         idx.services
             .iter()
-            .map(|(name, e)| {
-                let mut c = crate::index::StatusCounts::default();
-                for i in e.instances.values() {
-                    c.add(i.rec.status());
-                }
-                (name.clone(), c)
-            })
+            .map(|(name, e)| (name.clone(), e.counts()))
             .collect()
     }
 }

@@ -54,7 +54,7 @@ async fn register_is_idempotent_and_ids_are_derived() {
         .await
         .unwrap();
     assert!(first.created);
-    assert_eq!(first.instance.record.id, "web-10.0.0.5-80");
+    assert_eq!(first.instance.record().id, "web-10.0.0.5-80");
     let again = reg
         .register(
             "web",
@@ -79,8 +79,8 @@ async fn register_is_idempotent_and_ids_are_derived() {
     assert!(!changed.created);
     assert_eq!(changed.revision, first.revision + 1);
     assert_eq!(
-        changed.instance.record.registered_at,
-        first.instance.record.registered_at
+        changed.instance.record().registered_at,
+        first.instance.record().registered_at
     );
     assert_eq!(reg.instances("web", &InstanceFilter::default()).len(), 1);
     let kinds: Vec<_> = events(&reg).await.into_iter().map(|e| e.kind).collect();
@@ -116,7 +116,7 @@ async fn ttl_instances_expire_on_the_servers_clock_unless_heartbeated() {
     let left: Vec<_> = reg
         .instances("api", &InstanceFilter::default())
         .into_iter()
-        .map(|v| v.record.id.clone())
+        .map(|v| v.record().id.clone())
         .collect();
     assert_eq!(
         left,
@@ -124,11 +124,8 @@ async fn ttl_instances_expire_on_the_servers_clock_unless_heartbeated() {
         "the silent instance expired after 10s, the heartbeated one lives"
     );
     let kept = reg.instance("api", "api-10.0.0.1-1").unwrap();
-    assert_eq!(
-        kept.metrics.as_deref(),
-        Some(&serde_json::json!({"cpu": 0.25}))
-    );
-    assert!(kept.last_heartbeat_at.is_some());
+    assert_eq!(kept.metrics(), Some(serde_json::json!({"cpu": 0.25})));
+    assert!(kept.last_heartbeat_at().is_some());
     let err = reg
         .heartbeat("api", "api-10.0.0.2-1", HeartbeatBody::default())
         .await
@@ -144,7 +141,7 @@ async fn ttl_instances_expire_on_the_servers_clock_unless_heartbeated() {
         .await
         .into_iter()
         .filter(|e| e.kind == EventKind::Expired)
-        .map(|e| e.instance.unwrap().record.id.clone())
+        .map(|e| e.instance.unwrap().id.clone())
         .collect();
     assert_eq!(expired, ["api-10.0.0.2-1", "api-10.0.0.1-1"]);
 }
@@ -198,7 +195,7 @@ async fn deregistration_keeps_reason_and_error_on_the_event() {
         (ev.reason.as_deref(), ev.error.as_deref()),
         (Some("shutdown"), Some("exit status 3"))
     );
-    assert_eq!(ev.instance.unwrap().record.id, "w1");
+    assert_eq!(ev.instance.unwrap().id, "w1");
 }
 
 #[tokio::test(start_paused = true)]
@@ -226,7 +223,7 @@ async fn status_changes_filters_and_maintenance() {
         reg.heartbeat("svc", "b", hb.clone())
             .await
             .unwrap()
-            .record
+            .record()
             .status(),
         Status::Warning
     );
@@ -250,7 +247,7 @@ async fn status_changes_filters_and_maintenance() {
     let ids = |f: InstanceFilter| -> Vec<String> {
         reg.instances("svc", &f)
             .into_iter()
-            .map(|v| v.record.id.clone())
+            .map(|v| v.record().id.clone())
             .collect()
     };
     assert_eq!(
@@ -324,7 +321,7 @@ async fn status_changes_filters_and_maintenance() {
     .await
     .unwrap();
     assert_eq!(
-        reg.instance("svc", "c").unwrap().record.status(),
+        reg.instance("svc", "c").unwrap().record().status(),
         Status::Passing
     );
 }

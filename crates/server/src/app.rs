@@ -121,6 +121,16 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
 /// A handler result: JSON with a status, or a problem.
 pub type ApiResult<T> = Result<T, Problem>;
 
+/// A body that is already JSON (stored instance records, written as they are).
+pub fn raw_json(status: StatusCode, body: Vec<u8>) -> Response {
+    (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
 pub fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
     match serde_json::to_vec(body) {
         Ok(bytes) => (

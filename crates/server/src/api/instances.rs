@@ -1,7 +1,7 @@
 //! `/api/v1/services/{service}/instances`: registration, discovery,
 //! heartbeats and maintenance.
 
-use crate::app::{ApiResult, AppState, json};
+use crate::app::{ApiResult, AppState, json, raw_json};
 use crate::extract::{Json, OptionalJson, Query};
 use crate::problem::{Problem, ProblemDoc};
 use axum::extract::{Path, State};
@@ -10,7 +10,7 @@ use axum::response::Response;
 use muster_core::{
     DeregisterBody, HeartbeatBody, InstanceDoc, MaintenanceBody, RegisterBody, Status,
 };
-use muster_registry::{InstanceFilter, Registered};
+use muster_registry::{InstanceFilter, Registered, list_json};
 use serde::Serialize;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -28,7 +28,7 @@ fn registered(r: Registered) -> Response {
     } else {
         StatusCode::OK
     };
-    json(status, &r.instance)
+    raw_json(status, r.instance.to_vec())
 }
 
 /// Instances of a service, filtered. An unknown service has none: `[]`.
@@ -64,9 +64,9 @@ async fn list_instances(
     filter.tags = q.all("tag").map(str::to_string).collect();
     filter.healthy = q.flag("healthy")?;
     filter.strict = q.flag("strict")?.unwrap_or(false);
-    Ok(json(
+    Ok(raw_json(
         StatusCode::OK,
-        &s.registry()?.instances(&service, &filter),
+        list_json(&s.registry()?.instances(&service, &filter)),
     ))
 }
 
@@ -104,9 +104,9 @@ async fn get_instance(
     State(s): State<AppState>,
     Path((service, id)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    Ok(json(
+    Ok(raw_json(
         StatusCode::OK,
-        &s.registry()?.instance(&service, &id)?,
+        s.registry()?.instance(&service, &id)?.to_vec(),
     ))
 }
 
@@ -176,9 +176,9 @@ async fn heartbeat(
     Path((service, id)): Path<(String, String)>,
     OptionalJson(body): OptionalJson<HeartbeatBody>,
 ) -> ApiResult<Response> {
-    Ok(json(
+    Ok(raw_json(
         StatusCode::OK,
-        &s.registry()?.heartbeat(&service, &id, body).await?,
+        s.registry()?.heartbeat(&service, &id, body).await?.to_vec(),
     ))
 }
 
@@ -196,8 +196,11 @@ async fn maintenance(
     Path((service, id)): Path<(String, String)>,
     Json(body): Json<MaintenanceBody>,
 ) -> ApiResult<Response> {
-    Ok(json(
+    Ok(raw_json(
         StatusCode::OK,
-        &s.registry()?.maintenance(&service, &id, body).await?,
+        s.registry()?
+            .maintenance(&service, &id, body)
+            .await?
+            .to_vec(),
     ))
 }

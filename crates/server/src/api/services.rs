@@ -1,6 +1,6 @@
 //! `/api/v1/services`: service definitions and the service list.
 
-use crate::app::{ApiResult, AppState, json};
+use crate::app::{ApiResult, AppState, json, raw_json};
 use crate::extract::{Json, Query};
 use crate::problem::ProblemDoc;
 use axum::extract::{Path, State};
@@ -33,7 +33,10 @@ async fn list_services(State(s): State<AppState>) -> ApiResult<Response> {
         (status = 404, body = ProblemDoc, content_type = "application/problem+json"),
     ))]
 async fn get_service(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
-    Ok(json(StatusCode::OK, &s.registry()?.service(&name)?))
+    Ok(raw_json(
+        StatusCode::OK,
+        s.registry()?.service(&name)?.to_json(),
+    ))
 }
 
 /// Creates or replaces a service definition.
