@@ -136,12 +136,12 @@ async fn run_inner(scenarios: Vec<Scenario>, args: RunArgs) -> Result<()> {
             Scenario::Heartbeat => rows.extend(scenarios::heartbeat(&settings, 64).await?),
             Scenario::Discovery => rows.extend(scenarios::discovery(&settings, 64).await?),
             Scenario::Scale => {
-                let sizes: &[usize] = if settings.quick {
+                let default: &[usize] = if settings.quick {
                     &[10_000]
                 } else {
                     &[100_000, 1_000_000]
                 };
-                for &n in sizes {
+                for &n in args.sizes.as_deref().unwrap_or(default) {
                     scale.push(scenarios::scale(&settings, n).await?);
                 }
             }

@@ -270,6 +270,8 @@ pub fn muster_binary() -> Result<PathBuf> {
     let release = dir.ends_with("release");
     let mut cmd =
         std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    // Build in this workspace, wherever the harness was started from.
+    cmd.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
     cmd.args(["build", "-q", "-p", "muster", "--bin", "muster"]);
     if release {
         cmd.arg("--release");
