@@ -70,13 +70,15 @@ enum Scenario {
     Registration,
     Heartbeat,
     Discovery,
+    Health,
     Scale,
 }
 
-const ALL: [Scenario; 4] = [
+const ALL: [Scenario; 5] = [
     Scenario::Registration,
     Scenario::Heartbeat,
     Scenario::Discovery,
+    Scenario::Health,
     Scenario::Scale,
 ];
 
@@ -128,6 +130,7 @@ async fn run_inner(scenarios: Vec<Scenario>, args: RunArgs) -> Result<()> {
     let clients = args.clients.clone();
     let mut rows = scenarios::ceiling(&settings, &clients).await?;
     let mut scale = Vec::new();
+    let mut probes = None;
     for s in &scenarios {
         match s {
             Scenario::Registration => {
@@ -135,6 +138,7 @@ async fn run_inner(scenarios: Vec<Scenario>, args: RunArgs) -> Result<()> {
             }
             Scenario::Heartbeat => rows.extend(scenarios::heartbeat(&settings, 64).await?),
             Scenario::Discovery => rows.extend(scenarios::discovery(&settings, 64).await?),
+            Scenario::Health => probes = Some(scenarios::probes(&settings).await?),
             Scenario::Scale => {
                 let default: &[usize] = if settings.quick {
                     &[10_000]
@@ -149,6 +153,9 @@ async fn run_inner(scenarios: Vec<Scenario>, args: RunArgs) -> Result<()> {
     }
     progress::done();
     println!("{}", report::table(&rows, &scale));
+    if let Some(p) = &probes {
+        println!("{}", report::probe_table(p));
+    }
     let out = args.out.unwrap_or_else(|| {
         if settings.quick {
             PathBuf::from("target/bench-quick/BENCHMARKS.md")
@@ -167,7 +174,12 @@ async fn run_inner(scenarios: Vec<Scenario>, args: RunArgs) -> Result<()> {
         report::chart_latency(&dir.join("bench/latency.svg"), &rows)?;
         charts.push("latency.svg".to_string());
     }
-    report::write_markdown(&out, &report::markdown(&env, &rows, &scale, &charts))?;
+    let mut md = report::markdown(&env, &rows, &scale, &charts);
+    if let Some(p) = &probes {
+        md.push('\n');
+        md.push_str(&report::probe_table(p));
+    }
+    report::write_markdown(&out, &md)?;
     eprintln!("report written to {}", out.display());
     Ok(())
 }

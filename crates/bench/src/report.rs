@@ -276,3 +276,30 @@ pub fn chart_latency(path: &Path, rows: &[Row]) -> Result<()> {
     root.present()?;
     Ok(())
 }
+
+/// The health-check scenario.
+pub fn probe_table(p: &crate::scenarios::ProbeRun) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "| http checks at 1 s | probes/s | muster CPU (cores) | schedule lag p50 | schedule lag p99 | dead target → out of healthy list | budget (interval × failures_before_critical + 100 ms) |"
+    );
+    let _ = writeln!(t, "|--:|--:|--:|--:|--:|--:|--:|");
+    let _ = writeln!(
+        t,
+        "| {} | {:.0} | {:.2} | ≤ {:.0} ms | ≤ {:.0} ms | {:.0} ms | {:.0} ms |",
+        p.checks,
+        p.probes_per_sec,
+        p.cpu_cores,
+        p.lag_p50_ms,
+        p.lag_p99_ms,
+        p.detect_ms,
+        p.detect_budget_ms
+    );
+    let _ = writeln!(
+        t,
+        "\n(measured over {:.0} s; lag percentiles are the upper bounds of muster's own lag histogram buckets)",
+        p.secs
+    );
+    t
+}

@@ -484,3 +484,150 @@ pub async fn scale(s: &Settings, n: usize) -> Result<ScaleRow> {
         etcd_rss: e.rss(),
     })
 }
+
+/// What the health-check scenario measured.
+#[derive(Clone, Debug)]
+pub struct ProbeRun {
+    pub checks: usize,
+    pub secs: f64,
+    pub probes_per_sec: f64,
+    /// muster's CPU over the window, in cores (1.0 = one core busy).
+    pub cpu_cores: f64,
+    /// Upper bounds of the lag histogram buckets holding p50 and p99.
+    pub lag_p50_ms: f64,
+    pub lag_p99_ms: f64,
+    /// From a target's death until its instance left `?healthy=true`.
+    pub detect_ms: f64,
+    pub detect_budget_ms: f64,
+}
+
+/// Sums a counter family and reads a histogram's cumulative buckets from /metrics text.
+fn scrape(text: &str) -> (f64, Vec<(f64, f64)>) {
+    let mut probes = 0.0;
+    let mut buckets = Vec::new();
+    for line in text.lines() {
+        let value = || {
+            line.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        if line.starts_with("muster_probes_total{") {
+            probes += value();
+        } else if let Some(rest) =
+            line.strip_prefix("muster_probe_schedule_lag_seconds_bucket{le=\"")
+        {
+            let le = rest.split('"').next().unwrap_or("+Inf");
+            buckets.push((le.parse::<f64>().unwrap_or(f64::INFINITY), value()));
+        }
+    }
+    (probes, buckets)
+}
+
+/// The bucket bound under which `q` of the observations between two scrapes fall.
+fn bucket_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
+    let delta: Vec<(f64, f64)> = after
+        .iter()
+        .map(|(le, n)| {
+            (
+                *le,
+                n - before
+                    .iter()
+                    .find(|(l, _)| l == le)
+                    .map_or(0.0, |(_, m)| *m),
+            )
+        })
+        .collect();
+    let total = delta.last().map_or(0.0, |(_, n)| *n);
+    delta
+        .iter()
+        .find(|(_, n)| *n >= q * total)
+        .map_or(f64::INFINITY, |(le, _)| *le)
+}
+
+/// 10,000 HTTP checks at a 1 s interval against a local keep-alive target;
+/// then how fast a dead target's instance leaves the healthy list.
+pub async fn probes(s: &Settings) -> Result<ProbeRun> {
+    let checks: u64 = if s.quick { 1_000 } else { 10_000 };
+    let measure = if s.quick {
+        Duration::from_secs(2)
+    } else {
+        Duration::from_secs(60)
+    };
+    let target = Proc::ceiling().await?;
+    let (p, _dir) = fresh_muster(s).await?;
+    crate::progress::set(format!(
+        "health: registering {checks} instances with an http check each"
+    ));
+    let url = format!("http://{}/health", target.addr);
+    bulk_register(&p.addr, 64, checks, move |i| {
+        let body = format!(
+            r#"{{"address":"10.9.{}.{}","port":8080,"checks":[{{"http":"{url}","interval":"1s","timeout":"1s"}}]}}"#,
+            (i >> 8) & 255,
+            i & 255
+        );
+        (Method::PUT, format!("/api/v1/services/probed/instances/p-{i}"), body)
+    })
+    .await?;
+    crate::progress::set(format!(
+        "health: {checks} checks at 1 s for {}s",
+        measure.as_secs()
+    ));
+    tokio::time::sleep(s.warmup.max(Duration::from_secs(2))).await;
+    let metrics = |addr: String| async move {
+        let (_, body) = load::get_once(&addr, "/metrics").await?;
+        Ok::<_, anyhow::Error>(scrape(&String::from_utf8_lossy(&body)))
+    };
+    let (n0, b0) = metrics(p.addr.clone()).await?;
+    let cpu0 = crate::procs::cpu_of(p.pid);
+    let t0 = tokio::time::Instant::now();
+    tokio::time::sleep(measure).await;
+    let (n1, b1) = metrics(p.addr.clone()).await?;
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = crate::procs::cpu_of(p.pid) - cpu0;
+
+    crate::progress::set(
+        "health: time from a target dying to its instance leaving the healthy list".into(),
+    );
+    let dying = Proc::ceiling().await?;
+    let mut conn = Conn::open(&p.addr).await?;
+    let body = format!(
+        r#"{{"address":"127.0.0.1","port":1,"checks":[{{"http":"http://{}/health","interval":"1s","timeout":"1s"}}]}}"#,
+        dying.addr
+    );
+    conn.ok(
+        Method::PUT,
+        "/api/v1/services/dying/instances/d-1",
+        Some(Bytes::from(body)),
+    )
+    .await?;
+    let healthy = "/api/v1/services/dying/instances?healthy=true";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while conn.ok(Method::GET, healthy, None).await?.len() <= 2 {
+        if tokio::time::Instant::now() > deadline {
+            bail!("the dying target's instance never became healthy");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(dying); // SIGKILL: the port refuses connections from now on
+    let died = tokio::time::Instant::now();
+    while conn.ok(Method::GET, healthy, None).await?.len() > 2 {
+        if died.elapsed() > Duration::from_secs(10) {
+            bail!("the dead target's instance stayed healthy for 10 s");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let detect_ms = died.elapsed().as_secs_f64() * 1000.0;
+    drop(target);
+    Ok(ProbeRun {
+        checks: checks as usize,
+        secs,
+        probes_per_sec: (n1 - n0) / secs,
+        cpu_cores: cpu / secs,
+        lag_p50_ms: bucket_quantile(&b0, &b1, 0.5) * 1000.0,
+        lag_p99_ms: bucket_quantile(&b0, &b1, 0.99) * 1000.0,
+        detect_ms,
+        // interval × failures_before_critical + 100 ms
+        detect_budget_ms: 1100.0,
+    })
+}

@@ -13,6 +13,10 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckSpec {
+    /// `POST /api/v1/checks` only: the service of the instance it belongs to.
+    pub service: Option<String>,
+    /// `POST /api/v1/checks` only: the instance it belongs to.
+    pub instance: Option<String>,
     /// Name unique within the instance; defaults to the kind (`http`, `tcp-2`, ...).
     pub name: Option<String>,
     /// URL probed with an HTTP request: 2xx passing, 429 warning, else critical.
@@ -103,6 +107,35 @@ pub struct CheckRecord {
     pub status: Status,
     #[serde(default)]
     pub output: String,
+    /// Changing state too often; see [`crate::health`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub flapping: bool,
+}
+
+impl CheckRecord {
+    /// What the check probes, as text: a URL, `host:port`, argv, or the ttl.
+    pub fn target(&self) -> String {
+        match &self.kind {
+            CheckKind::Http { target, .. }
+            | CheckKind::Tcp { target }
+            | CheckKind::Grpc { target, .. }
+            | CheckKind::Mqtt { target } => target.clone(),
+            CheckKind::Ttl { ttl } => ttl.to_string(),
+            CheckKind::Exec { argv } => argv.join(" "),
+        }
+    }
+
+    /// Same check, whatever its current status.
+    pub fn same_definition(&self, other: &CheckRecord) -> bool {
+        self.id == other.id
+            && self.name == other.name
+            && self.kind == other.kind
+            && self.interval == other.interval
+            && self.timeout == other.timeout
+            && self.success_before_passing == other.success_before_passing
+            && self.failures_before_warning == other.failures_before_warning
+            && self.failures_before_critical == other.failures_before_critical
+    }
 }
 
 /// Server-side rules a check must satisfy.
@@ -291,6 +324,7 @@ impl CheckSpec {
             failures_before_critical: critical,
             status: Status::Critical,
             output: String::new(),
+            flapping: false,
         }))
     }
 }

@@ -48,6 +48,9 @@ pub struct Event {
     pub check: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
+    /// `status_changed` of a check that started (`true`) or stopped (`false`) flapping.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flapping: Option<bool>,
 }
 
 impl Event {
@@ -64,6 +67,7 @@ impl Event {
             to: None,
             check: None,
             output: None,
+            flapping: None,
         }
     }
 }

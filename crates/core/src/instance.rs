@@ -49,6 +49,9 @@ pub struct RegisterBody {
     pub deregister_critical_after: Option<Millis>,
     #[serde(default)]
     pub checks: Vec<CheckSpec>,
+    /// A health URL (the core.io seed's `health.url`): becomes an http check
+    /// named `health` with the default interval, unless a check has that name.
+    pub health: Option<String>,
 }
 
 /// A validated registration, ready to become a record.
@@ -152,10 +155,26 @@ impl RegisterBody {
                 format!("at most {MAX_CHECKS} checks per instance"),
             );
         }
-        let mut checks: Vec<CheckRecord> = Vec::with_capacity(self.checks.len());
+        let mut checks: Vec<CheckRecord> = Vec::with_capacity(self.checks.len() + 1);
         let mut per_kind: BTreeMap<&'static str, usize> = BTreeMap::new();
         let prefix = format!("{service}:{id}");
-        for (i, spec) in self.checks.iter().enumerate() {
+        let mut specs = self.checks.clone();
+        if let Some(url) = &self.health
+            && !specs.iter().any(|c| c.name.as_deref() == Some("health"))
+        {
+            specs.push(CheckSpec {
+                name: Some("health".into()),
+                http: Some(url.clone()),
+                ..Default::default()
+            });
+        }
+        for (i, spec) in specs.iter().enumerate() {
+            if spec.service.is_some() || spec.instance.is_some() {
+                errs.push(
+                    format!("checks[{i}].service"),
+                    "service and instance are implied inside a registration; leave them out",
+                );
+            }
             let kind = spec_kind(spec);
             let n = per_kind.entry(kind).or_default();
             *n += 1;
@@ -164,7 +183,11 @@ impl RegisterBody {
             } else {
                 format!("{kind}-{n}")
             };
-            let field = format!("checks[{i}]");
+            let field = if i == self.checks.len() {
+                "health".to_string()
+            } else {
+                format!("checks[{i}]")
+            };
             match spec.resolve(&field, &default_name, &prefix, policy, &mut errs) {
                 Err(CheckRefusal::Forbidden(m)) => return Err(RegisterError::Forbidden(m)),
                 Ok(Some(c)) => {
@@ -310,7 +333,8 @@ impl InstanceRecord {
         );
     }
 
-    /// True when re-registering `other` would change nothing a reader sees.
+    /// Same registration (checks compared by definition, not status): a
+    /// re-registration of it changes nothing a reader sees.
     pub fn same_definition(&self, other: &InstanceRecord) -> bool {
         self.address == other.address
             && self.port == other.port
@@ -321,7 +345,12 @@ impl InstanceRecord {
             && self.lifetime == other.lifetime
             && self.ttl == other.ttl
             && self.deregister_critical_after == other.deregister_critical_after
-            && self.checks == other.checks
+            && self.checks.len() == other.checks.len()
+            && self
+                .checks
+                .iter()
+                .zip(&other.checks)
+                .all(|(a, b)| a.same_definition(b))
     }
 }
 

@@ -9,6 +9,7 @@ pub mod check;
 pub mod duration;
 pub mod error;
 pub mod event;
+pub mod health;
 pub mod id;
 pub mod instance;
 pub mod name;

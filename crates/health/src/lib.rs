@@ -7,4 +7,10 @@
 //! Scheduling probes, thresholds and history are built on top of it.
 #![forbid(unsafe_code)]
 
+pub mod metrics;
 pub mod probe;
+pub mod scheduler;
+
+pub use scheduler::{Health, HealthConfig, HealthParts};
+pub mod history;
+pub mod influx;

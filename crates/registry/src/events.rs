@@ -2,6 +2,7 @@
 //! gives the same events, whether it arrives live or is replayed from history.
 
 use crate::keys::{self, Key, Note, NoteKind};
+use muster_core::health::Flap;
 use muster_core::{Event, EventKind};
 use muster_store::{Change, EventType};
 use std::sync::Arc;
@@ -45,12 +46,27 @@ pub fn events_of(change: &Change) -> Vec<Event> {
                         };
                         match prev {
                             Some(p) if p.same_definition(&rec) => {
-                                if p.status() == rec.status() {
+                                if note.kind == NoteKind::CheckStatus {
+                                    // A check's own transition; changes while it
+                                    // flaps are recorded but not announced.
+                                    // Output-only updates are not status changes.
+                                    if note.flap == Some(Flap::During) || note.to.is_none() {
+                                        continue;
+                                    }
+                                    e.from = note.from;
+                                    e.to = note.to;
+                                    e.flapping = match note.flap {
+                                        Some(Flap::Started) => Some(true),
+                                        Some(Flap::Settled) => Some(false),
+                                        _ => None,
+                                    };
+                                } else if p.status() != rec.status() {
+                                    e.from = Some(p.status());
+                                    e.to = Some(rec.status());
+                                } else {
                                     continue;
                                 }
                                 e.kind = EventKind::StatusChanged;
-                                e.from = Some(p.status());
-                                e.to = Some(rec.status());
                                 e.check = note.check.clone();
                                 e.output = note.output.clone();
                             }

@@ -13,7 +13,7 @@ use muster_core::{ServiceRecord, Status};
 use muster_store::{Change, EventType, KeyValue, LeaseId, Revision, Snapshot};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock};
 
 #[derive(Debug, Clone)]
@@ -24,6 +24,8 @@ pub struct InstanceEntry {
     pub tags: Box<[Box<str>]>,
     pub mod_revision: Revision,
     pub lease: Option<LeaseId>,
+    /// Ids of its checks (empty for most instances: no allocation).
+    pub check_ids: Box<[Box<str>]>,
     /// Created at the first heartbeat; carried across updates of the instance.
     pub volatile: OnceLock<Arc<Mutex<Volatile>>>,
 }
@@ -56,6 +58,20 @@ struct Filterable {
     status: Status,
     #[serde(default)]
     tags: Vec<Box<str>>,
+    #[serde(default)]
+    checks: Vec<CheckId>,
+}
+
+#[derive(Deserialize)]
+struct CheckId {
+    id: Box<str>,
+}
+
+/// Where a check lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckOwner {
+    pub service: Box<str>,
+    pub instance: Box<str>,
 }
 
 #[derive(Debug, Default)]
@@ -114,13 +130,15 @@ pub struct ServiceSummary {
 pub struct Index {
     pub revision: Revision,
     pub services: BTreeMap<String, ServiceEntry>,
+    /// Every check id and the instance it belongs to.
+    pub checks: HashMap<Box<str>, CheckOwner>,
 }
 
 impl Index {
     pub fn from_snapshot(snap: &Snapshot) -> Index {
         let mut idx = Index {
             revision: snap.revision,
-            services: BTreeMap::new(),
+            ..Default::default()
         };
         for kv in &snap.kvs {
             idx.put(kv);
@@ -167,6 +185,22 @@ impl Index {
                             .get(id)
                             .map(|e| e.volatile.clone())
                             .unwrap_or_default();
+                        if let Some(old) = entry.instances.get(id) {
+                            for c in &old.check_ids {
+                                self.checks.remove(c);
+                            }
+                        }
+                        let check_ids: Box<[Box<str>]> =
+                            f.checks.into_iter().map(|c| c.id).collect();
+                        for c in &check_ids {
+                            self.checks.insert(
+                                c.clone(),
+                                CheckOwner {
+                                    service: service.into(),
+                                    instance: id.into(),
+                                },
+                            );
+                        }
                         entry.instances.insert(
                             id.into(),
                             InstanceEntry {
@@ -176,6 +210,7 @@ impl Index {
                                 tags: f.tags.into_boxed_slice(),
                                 mod_revision: kv.mod_revision,
                                 lease: kv.lease,
+                                check_ids,
                                 volatile,
                             },
                         );
@@ -198,8 +233,12 @@ impl Index {
                 name
             }
             Key::Instance { service, id } => {
-                if let Some(e) = self.services.get_mut(service) {
-                    e.instances.remove(id);
+                if let Some(e) = self.services.get_mut(service)
+                    && let Some(old) = e.instances.remove(id)
+                {
+                    for c in &old.check_ids {
+                        self.checks.remove(c);
+                    }
                 }
                 service
             }

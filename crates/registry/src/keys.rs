@@ -110,6 +110,13 @@ pub struct Note {
     pub check: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
+    /// A check's own status change: before and after, and how it relates to flapping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<muster_core::Status>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<muster_core::Status>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flap: Option<muster_core::health::Flap>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,6 +127,7 @@ pub enum NoteKind {
     Deregistered,
     ServiceDeleted,
     StatusReported,
+    CheckStatus,
 }
 
 impl Note {

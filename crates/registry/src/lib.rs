@@ -21,6 +21,15 @@ mod view;
 
 pub use error::RegistryError;
 pub use events::events_of;
+pub use index::CheckOwner;
 pub use index::{ServiceSummary, StatusCounts};
-pub use registry::{InstanceFilter, Registered, Registry, ServiceDetail};
+pub use registry::{InstanceFilter, OwnedCheck, Registered, Registry, ServiceDetail};
 pub use view::{InstanceJson, Volatile, list_json};
+
+/// `(service, instance id)` when a store key names an instance.
+pub fn instance_of_key(key: &[u8]) -> Option<(&str, &str)> {
+    match keys::parse_key(key) {
+        keys::Key::Instance { service, id } => Some((service, id)),
+        _ => None,
+    }
+}

@@ -7,16 +7,18 @@ use crate::keys::{self, Note, NoteKind};
 use crate::view::{InstanceJson, list_json};
 use bytes::Bytes;
 use muster_core::check::CheckPolicy;
+use muster_core::health::{Flap, Transition};
+use muster_core::{CheckRecord, CheckSpec};
 use muster_core::{
     DeregisterBody, HeartbeatBody, InstanceRecord, MaintenanceBody, RegisterBody, RegisterError,
     Reported, ServiceBody, ServiceRecord, Status,
 };
-use muster_store::{Compare, DynStore, Revision, StoreError, Txn};
+use muster_store::{Change, Compare, DynStore, Revision, StoreError, Txn};
 use parking_lot::RwLock;
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 /// How long a write waits for the index to apply it before giving up.
@@ -30,6 +32,8 @@ pub struct Registry {
     index: RwLock<Index>,
     /// The revision the index has applied.
     applied: watch::Sender<Revision>,
+    /// Every change, once the index has applied it (see [`Registry::subscribe`]).
+    changes: broadcast::Sender<Arc<Change>>,
     policy: CheckPolicy,
     cancel: CancellationToken,
 }
@@ -67,6 +71,33 @@ impl ServiceDetail {
         out.extend_from_slice(&list_json(&self.instances));
         out.push(b'}');
         out
+    }
+}
+
+/// A check and where it belongs.
+#[derive(Debug, Clone)]
+pub struct OwnedCheck {
+    pub service: String,
+    pub instance: String,
+    pub check: CheckRecord,
+    pub deregister_critical_after: Option<muster_core::Millis>,
+}
+
+impl OwnedCheck {
+    fn of(rec: &InstanceRecord, check: CheckRecord) -> OwnedCheck {
+        OwnedCheck {
+            service: rec.service.clone(),
+            instance: rec.id.clone(),
+            check,
+            deregister_critical_after: rec.deregister_critical_after,
+        }
+    }
+
+    fn find(rec: &InstanceRecord, check_id: &str) -> Option<OwnedCheck> {
+        rec.checks
+            .iter()
+            .find(|c| c.id == check_id)
+            .map(|c| OwnedCheck::of(rec, c.clone()))
     }
 }
 
@@ -119,6 +150,7 @@ impl Registry {
             store,
             index: RwLock::new(index),
             applied,
+            changes: broadcast::channel(4096).0,
             policy,
             cancel: CancellationToken::new(),
         });
@@ -511,6 +543,233 @@ impl Registry {
         )))
     }
 
+    // ----- checks -----
+
+    /// Changes as the index applies them, for components that follow the
+    /// registry (the health scheduler). A receiver that lags must resync
+    /// from [`Registry::instances_with_checks`].
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
+        self.changes.subscribe()
+    }
+
+    /// The decoded record of one instance.
+    pub fn instance_record(&self, service: &str, id: &str) -> Option<InstanceRecord> {
+        self.index
+            .read()
+            .instance(service, id)
+            .and_then(|e| e.record().ok())
+    }
+
+    /// Every instance that has checks, decoded, and the revision they reflect.
+    pub fn instances_with_checks(&self) -> (Revision, Vec<InstanceRecord>) {
+        let idx = self.index.read();
+        let recs = idx
+            .services
+            .values()
+            .flat_map(|s| s.instances.values())
+            .filter(|e| !e.check_ids.is_empty())
+            .filter_map(|e| e.record().ok())
+            .collect();
+        (idx.revision, recs)
+    }
+
+    pub fn check(&self, check_id: &str) -> Result<OwnedCheck, RegistryError> {
+        let owner = self
+            .index
+            .read()
+            .checks
+            .get(check_id)
+            .cloned()
+            .ok_or_else(|| RegistryError::NotFound(format!("check {check_id:?} does not exist")))?;
+        let rec = self
+            .instance_record(&owner.service, &owner.instance)
+            .ok_or_else(|| RegistryError::NotFound(format!("check {check_id:?} does not exist")))?;
+        OwnedCheck::find(&rec, check_id)
+            .ok_or_else(|| RegistryError::NotFound(format!("check {check_id:?} does not exist")))
+    }
+
+    /// Every check, or those of one service, in service/instance order.
+    pub fn checks(&self, service: Option<&str>) -> Vec<OwnedCheck> {
+        let idx = self.index.read();
+        let services: Vec<&crate::index::ServiceEntry> = match service {
+            Some(s) => idx.services.get(s).into_iter().collect(),
+            None => idx.services.values().collect(),
+        };
+        services
+            .into_iter()
+            .flat_map(|s| s.instances.values())
+            .filter(|e| !e.check_ids.is_empty())
+            .filter_map(|e| e.record().ok())
+            .flat_map(|rec| {
+                rec.checks
+                    .iter()
+                    .map(|c| OwnedCheck::of(&rec, c.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Adds a check to an existing instance (`POST /api/v1/checks`).
+    pub async fn add_check(&self, spec: CheckSpec) -> Result<OwnedCheck, RegistryError> {
+        let mut errs = muster_core::error::Errors::default();
+        if spec.service.is_none() {
+            errs.push(
+                "service",
+                "the service of the instance the check belongs to is required",
+            );
+        }
+        if spec.instance.is_none() {
+            errs.push(
+                "instance",
+                "the id of the instance the check belongs to is required",
+            );
+        }
+        errs.finish()?;
+        let (service, instance) = (
+            spec.service.clone().unwrap_or_default(),
+            spec.instance.clone().unwrap_or_default(),
+        );
+        let rec = self
+            .instance_record(&service, &instance)
+            .ok_or_else(|| not_found(&service, &instance))?;
+        let kind = if spec.http.is_some() {
+            "http"
+        } else if spec.tcp.is_some() {
+            "tcp"
+        } else if spec.grpc.is_some() {
+            "grpc"
+        } else if spec.mqtt.is_some() {
+            "mqtt"
+        } else if spec.ttl.is_some() {
+            "ttl"
+        } else {
+            "exec"
+        };
+        let taken = |n: &str| rec.checks.iter().any(|c| c.name == n);
+        let default_name = (1..)
+            .map(|i| {
+                if i == 1 {
+                    kind.to_string()
+                } else {
+                    format!("{kind}-{i}")
+                }
+            })
+            .find(|n| !taken(n))
+            .unwrap_or_else(|| kind.to_string());
+        let mut errs = muster_core::error::Errors::default();
+        let prefix = format!("{service}:{instance}");
+        let check = match spec.resolve("check", &default_name, &prefix, &self.policy, &mut errs) {
+            Err(muster_core::check::CheckRefusal::Forbidden(m)) => {
+                return Err(RegistryError::Forbidden(m));
+            }
+            Ok(c) => c,
+        };
+        // Field names of a standalone check body have no `check.` prefix.
+        let strip = |e: muster_core::ValidationError| muster_core::ValidationError {
+            errors: e
+                .errors
+                .into_iter()
+                .map(|mut f| {
+                    f.field = f
+                        .field
+                        .strip_prefix("check.")
+                        .unwrap_or(&f.field)
+                        .to_string();
+                    if f.field == "check" {
+                        f.field = "body".into();
+                    }
+                    f
+                })
+                .collect(),
+        };
+        errs.finish().map_err(strip)?;
+        let Some(check) = check else {
+            return Err(RegistryError::Invalid(muster_core::ValidationError::field(
+                "body",
+                "a check needs exactly one kind",
+            )));
+        };
+        if taken(&check.name) {
+            return Err(RegistryError::Conflict(format!(
+                "instance {instance:?} already has a check named {:?}",
+                check.name
+            )));
+        }
+        let added = check.clone();
+        self.update(
+            &service,
+            &instance,
+            Note::new(NoteKind::Write),
+            move |rec| {
+                if rec.checks.iter().any(|c| c.name == added.name) {
+                    return false;
+                }
+                rec.checks.push(added.clone());
+                true
+            },
+        )
+        .await?;
+        self.check(&check.id)
+    }
+
+    pub async fn remove_check(&self, check_id: &str) -> Result<(), RegistryError> {
+        let owned = self.check(check_id)?;
+        let id = check_id.to_string();
+        self.update(
+            &owned.service,
+            &owned.instance,
+            Note::new(NoteKind::Write),
+            move |rec| {
+                let before = rec.checks.len();
+                rec.checks.retain(|c| c.id != id);
+                rec.checks.len() != before
+            },
+        )
+        .await
+    }
+
+    /// Records a check's new status (a transition decided by the health
+    /// engine, or a ttl pass/warn/fail). Writes nothing if nothing changed.
+    pub async fn set_check_status(
+        &self,
+        check_id: &str,
+        transition: Option<Transition>,
+        status: Status,
+        output: &str,
+        flapping: bool,
+    ) -> Result<(), RegistryError> {
+        let owner = self
+            .index
+            .read()
+            .checks
+            .get(check_id)
+            .cloned()
+            .ok_or_else(|| RegistryError::NotFound(format!("check {check_id:?} does not exist")))?;
+        let mut note = Note::new(NoteKind::CheckStatus);
+        note.check = Some(check_id.to_string());
+        note.output = Some(output.to_string());
+        if let Some(t) = transition {
+            note.from = Some(t.from);
+            note.to = Some(t.to);
+            note.flap = (t.flap != Flap::No).then_some(t.flap);
+        }
+        let id = check_id.to_string();
+        let output = output.to_string();
+        self.update(&owner.service, &owner.instance, note, move |rec| {
+            let Some(c) = rec.checks.iter_mut().find(|c| c.id == id) else {
+                return false;
+            };
+            if c.status == status && c.output == output && c.flapping == flapping {
+                return false;
+            }
+            c.status = status;
+            c.output = output.clone();
+            c.flapping = flapping;
+            true
+        })
+        .await
+    }
+
     /// Instances per service and status, for `/metrics`.
     pub fn status_counts(&self) -> Vec<(String, crate::index::StatusCounts)> {
         let idx = self.index.read();
@@ -533,6 +792,7 @@ async fn follow(reg: Arc<Registry>, mut watcher: muster_store::Watcher) {
             Some(Ok(change)) => {
                 reg.index.write().apply(&change);
                 reg.applied.send_replace(change.revision);
+                let _ = reg.changes.send(change);
             }
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "index fell behind the store's history; reloading from a snapshot");

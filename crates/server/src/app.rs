@@ -8,34 +8,49 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use muster_health::Health;
 use muster_registry::Registry;
 use std::sync::{Arc, OnceLock};
 use tokio::time::Instant;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
+/// What exists once the store is open and the index loaded.
+pub struct Ready {
+    pub registry: Arc<Registry>,
+    pub health: Health,
+}
+
 /// Shared by every handler. The registry appears once the store is open and
 /// the index loaded; until then the API answers 503 and `/ready` says not yet.
 #[derive(Clone)]
 pub struct AppState {
-    registry: Arc<OnceLock<Arc<Registry>>>,
+    ready: Arc<OnceLock<Ready>>,
     pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
     pub fn new(metrics: Arc<Metrics>) -> AppState {
         AppState {
-            registry: Arc::new(OnceLock::new()),
+            ready: Arc::new(OnceLock::new()),
             metrics,
         }
     }
 
-    pub fn set_registry(&self, r: Arc<Registry>) {
-        let _ = self.registry.set(r);
+    pub fn set_ready(&self, r: Ready) {
+        let _ = self.ready.set(r);
     }
 
     pub fn registry(&self) -> Result<&Arc<Registry>, Problem> {
-        self.registry.get().ok_or_else(|| {
+        self.ready().map(|r| &r.registry)
+    }
+
+    pub fn health(&self) -> Result<&Health, Problem> {
+        self.ready().map(|r| &r.health)
+    }
+
+    fn ready(&self) -> Result<&Ready, Problem> {
+        self.ready.get().ok_or_else(|| {
             Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not_ready",
@@ -45,7 +60,7 @@ impl AppState {
     }
 
     pub fn is_ready(&self) -> bool {
-        self.registry.get().is_some()
+        self.ready.get().is_some()
     }
 }
 
@@ -55,6 +70,7 @@ impl AppState {
     tags(
         (name = "services", description = "Service definitions"),
         (name = "instances", description = "Registration, discovery, heartbeats"),
+        (name = "checks", description = "Health checks, probe history and stats"),
         (name = "operations", description = "Liveness, readiness, metrics"),
     ),
     components(schemas(crate::problem::ProblemDoc))
@@ -65,6 +81,7 @@ fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(api::services::routes())
         .merge(api::instances::routes())
+        .merge(api::checks::routes())
         .merge(ops::routes())
 }
 
@@ -106,7 +123,7 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let mut resp = next.run(req).await;
-    let revision = state.registry.get().map_or(0, |r| r.revision());
+    let revision = state.ready.get().map_or(0, |r| r.registry.revision());
     resp.headers_mut()
         .insert("x-muster-revision", HeaderValue::from(revision));
     state.metrics.observe_request(

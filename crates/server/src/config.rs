@@ -4,7 +4,9 @@
 
 use muster_core::check::CheckPolicy;
 use muster_core::duration::{self, Millis};
+use muster_core::health::FlapRule;
 use muster_core::net::IpNet;
+use muster_health::influx::InfluxConfig;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,6 +30,7 @@ pub struct RawConfig {
     pub checks: RawChecks,
     #[serde(default)]
     pub shutdown: RawShutdown,
+    pub influxdb: Option<RawInflux>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -49,6 +52,25 @@ pub struct RawFeed {
 pub struct RawChecks {
     pub allow_exec: Option<bool>,
     pub deny_targets: Option<Vec<String>>,
+    /// Probes running at once.
+    pub concurrency: Option<usize>,
+    /// Probes kept per check.
+    pub history: Option<usize>,
+    /// More status changes than this within `flap_window` make a check flapping.
+    pub flap_threshold: Option<u32>,
+    pub flap_window: Option<toml::Value>,
+}
+
+/// `[influxdb]`: export every probe to an InfluxDB 1.x server.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInflux {
+    /// Base URL, e.g. `http://127.0.0.1:8086`.
+    pub url: Option<String>,
+    pub db: Option<String>,
+    pub batch: Option<usize>,
+    pub flush_every: Option<toml::Value>,
+    pub buffer: Option<usize>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -79,7 +101,49 @@ pub struct Config {
     pub body_limit: usize,
     pub retain: usize,
     pub checks: CheckPolicy,
+    pub health: HealthSettings,
     pub grace: Duration,
+}
+
+/// The health engine's settings.
+#[derive(Debug, Clone)]
+pub struct HealthSettings {
+    pub concurrency: usize,
+    pub history_retain: usize,
+    pub flap: FlapRule,
+    pub influx: Option<InfluxConfig>,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        HealthSettings {
+            concurrency: 256,
+            history_retain: 1000,
+            flap: FlapRule::default(),
+            influx: None,
+        }
+    }
+}
+
+/// A duration written as "10s" or as integer milliseconds.
+fn toml_duration(
+    key: &str,
+    v: Option<toml::Value>,
+    default: Millis,
+    errs: &mut Vec<String>,
+) -> Millis {
+    match v {
+        None => default,
+        Some(toml::Value::Integer(ms)) if ms >= 0 => Millis(ms as u64),
+        Some(toml::Value::String(s)) => duration::parse(&s).unwrap_or_else(|e| {
+            errs.push(format!("{key}: {e}"));
+            default
+        }),
+        Some(other) => {
+            errs.push(format!("{key}: {other} is not a duration such as \"10s\""));
+            default
+        }
+    }
 }
 
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8500";
@@ -99,6 +163,7 @@ impl Config {
             body_limit: DEFAULT_BODY_LIMIT,
             retain: 100_000,
             checks: CheckPolicy::default(),
+            health: HealthSettings::default(),
             grace: Duration::from_secs(5),
         }
     }
@@ -153,20 +218,64 @@ impl TryFrom<RawConfig> for Config {
                 }
             }
         }
-        let grace = match raw.shutdown.grace {
-            None => Millis::from_secs(10),
-            Some(toml::Value::Integer(ms)) if ms >= 0 => Millis(ms as u64),
-            Some(toml::Value::String(s)) => duration::parse(&s).unwrap_or_else(|e| {
-                errs.push(format!("shutdown.grace: {e}"));
-                Millis(0)
-            }),
-            Some(other) => {
-                errs.push(format!(
-                    "shutdown.grace: {other} is not a duration such as \"10s\""
-                ));
-                Millis(0)
+        let grace = toml_duration(
+            "shutdown.grace",
+            raw.shutdown.grace,
+            Millis::from_secs(10),
+            &mut errs,
+        );
+        let mut health = HealthSettings::default();
+        if let Some(c) = raw.checks.concurrency {
+            if !(1..=65_536).contains(&c) {
+                errs.push("checks.concurrency must be 1-65536".to_string());
             }
-        };
+            health.concurrency = c;
+        }
+        if let Some(h) = raw.checks.history {
+            if !(1..=1_000_000).contains(&h) {
+                errs.push("checks.history must be 1-1000000".to_string());
+            }
+            health.history_retain = h;
+        }
+        if let Some(t) = raw.checks.flap_threshold {
+            health.flap.threshold = t;
+        }
+        health.flap.window_ms = toml_duration(
+            "checks.flap_window",
+            raw.checks.flap_window,
+            Millis(health.flap.window_ms),
+            &mut errs,
+        )
+        .0;
+        if let Some(i) = raw.influxdb {
+            let d = InfluxConfig::new("", "");
+            match (i.url, i.db) {
+                (Some(url), Some(db))
+                    if url.starts_with("http://") || url.starts_with("https://") =>
+                {
+                    let flush = toml_duration(
+                        "influxdb.flush_every",
+                        i.flush_every,
+                        Millis(d.flush_every.as_millis() as u64),
+                        &mut errs,
+                    );
+                    let cfg = InfluxConfig {
+                        url,
+                        db,
+                        batch: i.batch.unwrap_or(d.batch),
+                        flush_every: flush.as_duration(),
+                        buffer: i.buffer.unwrap_or(d.buffer),
+                    };
+                    match cfg.write_url() {
+                        Ok(_) => health.influx = Some(cfg),
+                        Err(e) => errs.push(format!("influxdb: {e}")),
+                    }
+                }
+                _ => errs.push(
+                    "influxdb: needs url = \"http://host:8086\" and db = \"name\"".to_string(),
+                ),
+            }
+        }
         if !errs.is_empty() {
             return Err(errs.join("; "));
         }
@@ -180,6 +289,7 @@ impl TryFrom<RawConfig> for Config {
                 allow_exec: raw.checks.allow_exec.unwrap_or(false),
                 deny_targets: deny,
             },
+            health,
             grace: grace.as_duration(),
         })
     }

@@ -80,6 +80,11 @@ impl Metrics {
         }
     }
 
+    /// Lets another component (the health engine) add its metrics.
+    pub fn register(&self, f: impl FnOnce(&mut PromRegistry)) {
+        f(&mut self.registry.lock());
+    }
+
     pub fn observe_request(&self, method: &str, route: &str, status: u16, took: Duration) {
         self.requests
             .get_or_create(&RequestLabels {

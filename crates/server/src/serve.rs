@@ -2,15 +2,21 @@
 //! and on shutdown stop accepting, finish in-flight requests within the grace
 //! period, stop the index, close the store. Teardown is logged in order.
 
-use crate::app::{AppState, router};
+use crate::app::{AppState, Ready, router};
 use crate::config::{Config, StoreConfig};
 use crate::metrics::Metrics;
+use muster_health::history::ProbeHistory;
+use muster_health::influx::InfluxExporter;
+use muster_health::metrics::HealthMetrics;
+use muster_health::probe::{Prober, ProberConfig};
+use muster_health::{Health, HealthConfig, HealthParts};
 use muster_registry::Registry;
 use muster_store::{DynStore, EmbeddedOptions, EmbeddedStore, MemoryStore};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Errors that stop the server from starting or running.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +33,55 @@ pub enum ServerError {
 }
 
 use ServerError as Error;
+
+/// Probe history is saved here (inside the data dir) on a graceful stop.
+pub const HISTORY_FILE: &str = "probe-history.json";
+
+/// Loads the probe history, registers the engine's metrics and starts it.
+fn start_health(
+    config: &Config,
+    state: &AppState,
+    registry: Arc<Registry>,
+    history_file: Option<&std::path::Path>,
+    workers: &TaskTracker,
+    stop: CancellationToken,
+) -> Health {
+    let h = &config.health;
+    let history = match history_file.map(|p| ProbeHistory::load(p, h.history_retain)) {
+        Some(Ok(history)) => history,
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "cannot read the saved probe history; starting empty");
+            ProbeHistory::new(h.history_retain)
+        }
+        None => ProbeHistory::new(h.history_retain),
+    };
+    let metrics = Arc::new(HealthMetrics::default());
+    state.metrics.register(|r| metrics.register(r));
+    let prober = Prober::new(ProberConfig {
+        deny_targets: config.checks.deny_targets.clone(),
+        allow_exec: config.checks.allow_exec,
+        user_agent: format!("muster/{}", env!("CARGO_PKG_VERSION")),
+    });
+    let exporter = h
+        .influx
+        .clone()
+        .map(|cfg| InfluxExporter::start(cfg, stop.clone()));
+    Health::start(
+        HealthParts {
+            registry,
+            prober,
+            history: Arc::new(history),
+            exporter,
+            metrics,
+            cfg: HealthConfig {
+                concurrency: h.concurrency,
+                flap: h.flap,
+            },
+        },
+        workers,
+        stop,
+    )
+}
 
 /// A server that is up; `wait` returns once it has shut down.
 pub struct Running {
@@ -71,23 +126,37 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let app = router(state.clone(), config.body_limit);
     tracing::info!(addr = %http_addr, "listening on http://{http_addr}");
     let task = tokio::spawn(async move {
+        // Background work (the health engine) is tracked and stopped in order.
+        let workers = TaskTracker::new();
+        let stop_workers = CancellationToken::new();
+        let history_file = match &config.store {
+            StoreConfig::Embedded { data_dir } => Some(data_dir.join(HISTORY_FILE)),
+            StoreConfig::Memory => None,
+        };
         let loading = {
-            let state = state.clone();
-            let store = store.clone();
-            let checks = config.checks.clone();
+            let (state, store, config) = (state.clone(), store.clone(), config.clone());
+            let (workers, stop) = (workers.clone(), stop_workers.clone());
+            let history_file = history_file.clone();
             tokio::spawn(async move {
                 let t = tokio::time::Instant::now();
-                match Registry::open(store, checks).await {
-                    Ok(r) => {
-                        tracing::info!(
-                            revision = r.revision(),
-                            took_ms = t.elapsed().as_millis() as u64,
-                            "registry ready"
-                        );
-                        state.set_registry(r);
-                    }
-                    Err(e) => tracing::error!(error = %e, "cannot load the registry index"),
-                }
+                let registry = match Registry::open(store, config.checks.clone()).await {
+                    Ok(r) => r,
+                    Err(e) => return tracing::error!(error = %e, "cannot load the registry index"),
+                };
+                let health = start_health(
+                    &config,
+                    &state,
+                    registry.clone(),
+                    history_file.as_deref(),
+                    &workers,
+                    stop,
+                );
+                tracing::info!(
+                    revision = registry.revision(),
+                    took_ms = t.elapsed().as_millis() as u64,
+                    "registry ready"
+                );
+                state.set_ready(Ready { registry, health });
             })
         };
         let serve = axum::serve(
@@ -114,6 +183,23 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             }
         };
         loading.abort();
+        stop_workers.cancel();
+        workers.close();
+        if tokio::time::timeout(config.grace, workers.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("health engine did not stop within the grace period");
+        }
+        tracing::info!("health engine stopped");
+        if let (Ok(h), Some(path)) = (state.health(), &history_file) {
+            match h.history().save(path) {
+                Ok(()) => tracing::info!(path = %path.display(), "probe history saved"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot save the probe history")
+                }
+            }
+        }
         if let Ok(r) = state.registry() {
             r.close();
             tracing::info!("index stopped");

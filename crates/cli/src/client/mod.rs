@@ -11,6 +11,7 @@
 //! whole one-line reason, because `main` prints it with `{e}`, which shows
 //! only the outermost context of a chain.
 
+mod checks;
 mod http;
 mod instances;
 mod services;
@@ -78,6 +79,20 @@ pub enum ClientCommand {
         /// Why, recorded on the deregistration event
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
+    },
+    /// List health checks with their status
+    Checks {
+        /// Only the checks of this service
+        #[arg(long, value_name = "S")]
+        service: Option<String>,
+    },
+    /// Show a check's probe history, newest first
+    Probes {
+        /// Check id
+        check: String,
+        /// At most this many probes
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
     },
 }
 
@@ -187,6 +202,12 @@ pub async fn run(opts: &ClientOpts, cmd: ClientCommand) -> Result<()> {
             id,
             reason,
         } => instances::deregister(&api, &service, &id, reason.as_deref(), opts.json).await?,
+        ClientCommand::Checks { service } => {
+            checks::list(&api, service.as_deref(), opts.json).await?
+        }
+        ClientCommand::Probes { check, limit } => {
+            checks::probes(&api, &check, limit, opts.json).await?
+        }
     };
     print(&out)
 }

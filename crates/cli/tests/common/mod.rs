@@ -74,7 +74,31 @@ impl Server {
                 server.log()
             ),
         }
+        // Listening comes first; the API answers once the store is loaded.
+        // (Counted in polls, not clock time: this is blocking code.)
+        let polls = STARTUP_TIMEOUT.as_millis() / 10;
+        let mut n = 0;
+        while !server.ready() {
+            n += 1;
+            assert!(n < polls, "never ready:\n{}", server.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
         server
+    }
+
+    /// `GET /ready` answers 200.
+    pub fn ready(&self) -> bool {
+        use std::io::{Read, Write};
+        let host = self.addr.trim_start_matches("http://");
+        let Ok(mut c) = std::net::TcpStream::connect(host) else {
+            return false;
+        };
+        let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+        let req = format!("GET /ready HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let mut answer = String::new();
+        c.write_all(req.as_bytes()).is_ok()
+            && c.read_to_string(&mut answer).is_ok()
+            && answer.starts_with("HTTP/1.1 200")
     }
 
     pub fn log(&self) -> String {

@@ -182,7 +182,7 @@ fn truncate(s: &mut String, limit: usize) {
 
 /// An error and its causes on one line: `a: b: c`. Libraries wrap the
 /// useful part ("connection refused") several layers down.
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
     let mut cause = err.source();
     while let Some(e) = cause {

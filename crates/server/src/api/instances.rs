@@ -176,9 +176,14 @@ async fn heartbeat(
     Path((service, id)): Path<(String, String)>,
     OptionalJson(body): OptionalJson<HeartbeatBody>,
 ) -> ApiResult<Response> {
+    let (status, output) = (body.status, body.output.clone());
+    let registry = s.registry()?;
+    registry.heartbeat(&service, &id, body).await?;
+    // A heartbeat also passes the instance's ttl checks.
+    s.health()?.heartbeat(&service, &id, status, output).await;
     Ok(raw_json(
         StatusCode::OK,
-        s.registry()?.heartbeat(&service, &id, body).await?.to_vec(),
+        registry.instance(&service, &id)?.to_vec(),
     ))
 }
 

@@ -1,4 +1,5 @@
 //! The native API under `/api/v1`, one module per resource.
 
+pub mod checks;
 pub mod instances;
 pub mod services;
