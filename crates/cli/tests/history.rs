@@ -58,6 +58,36 @@ async fn probe_history_survives_a_graceful_restart() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(before.len() >= 3, "no probes recorded:\n{}", server.log());
+    // The CLI shows the same checks and probes.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(common::BIN)
+            .args(args)
+            .env("MUSTER_ADDR", &server.addr)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "muster {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let table = cli(&["checks", "--service", "web"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("web:w1:tcp") && l.contains("passing")),
+        "{table}"
+    );
+    let probes_table = cli(&["probes", "web:w1:tcp", "--limit", "2"]);
+    assert_eq!(
+        probes_table.lines().count(),
+        3,
+        "a header and two probes: {probes_table}"
+    );
+    let json: Value =
+        serde_json::from_str(&cli(&["probes", "web:w1:tcp", "--limit", "2", "--json"])).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 2);
     // SIGTERM: a graceful stop saves the history.
     let pid = server.child.id().to_string();
     assert!(

@@ -167,6 +167,24 @@ async fn active_checks_history_and_stats() {
         "some passing, some critical: {stats}"
     );
     assert!(stats["response_ms"]["p99"].is_u64());
+    let metrics = s
+        .http
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for want in [
+        "muster_check_status{check=\"web:w1:health\",service=\"web\",instance=\"w1\"} 2",
+        "muster_check_last_response_seconds{check=\"web:w1:health\"",
+        "muster_check_probe_duration_seconds_bucket{",
+        "muster_probe_schedule_lag_seconds_bucket{",
+        "muster_probes_total{kind=\"http\",status=\"critical\"}",
+    ] {
+        assert!(metrics.contains(want), "/metrics lacks {want}:\n{metrics}");
+    }
     let (st, list) = s
         .call(
             Method::GET,
@@ -203,6 +221,36 @@ async fn active_checks_history_and_stats() {
     assert_eq!(
         (inst["status"].clone(), inst["checks"].clone()),
         (json!("passing"), json!([]))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_url_becomes_the_default_check() {
+    let s = server().await;
+    let (url, _code) = target().await;
+    let (st, v) = s
+        .call(
+            Method::POST,
+            "/api/v1/services/core/instances",
+            Some(json!({"id": "c1", "address": "127.0.0.1", "port": 7331, "health": url})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    assert_eq!(
+        (v["checks"][0]["id"].clone(), v["checks"][0]["kind"].clone()),
+        (json!("core:c1:health"), json!("http"))
+    );
+    wait_for(&s, "/api/v1/checks/core:c1:health", "status", "passing").await;
+    let (st, v) = s
+        .call(
+            Method::POST,
+            "/api/v1/services/core/instances",
+            Some(json!({"address": "127.0.0.1", "port": 1, "health": "ftp://x/"})),
+        )
+        .await;
+    assert_eq!(
+        (st, v["field"].clone()),
+        (StatusCode::BAD_REQUEST, json!("health.http"))
     );
 }
 
