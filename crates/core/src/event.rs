@@ -51,6 +51,81 @@ pub struct Event {
     /// `status_changed` of a check that started (`true`) or stopped (`false`) flapping.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flapping: Option<bool>,
+    /// `custom`: the event's type, and its body as sent.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub event_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<serde_json::Value>,
+    /// `snapshot` (and every delta with `?full=true`): the service's instances.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<crate::InstanceDoc>>)]
+    pub instances: Option<Box<serde_json::value::RawValue>>,
+}
+
+/// `service` of a broadcast custom event: every watcher receives it.
+pub const BROADCAST: &str = "*";
+
+/// `POST /api/v1/events`.
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CustomEventBody {
+    #[serde(rename = "type")]
+    pub event_type: String,
+    #[serde(default)]
+    pub body: serde_json::Value,
+    pub services: Option<Vec<String>>,
+    #[serde(default)]
+    pub broadcast: bool,
+}
+
+/// Largest custom event body, serialized.
+pub const MAX_CUSTOM_BODY: usize = 64 * 1024;
+
+impl CustomEventBody {
+    pub fn validate(&self) -> Result<(), crate::ValidationError> {
+        let mut errs = crate::error::Errors::default();
+        let t = &self.event_type;
+        if t.is_empty()
+            || t.len() > 64
+            || !t
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        {
+            errs.push(
+                "type",
+                "type must be 1-64 characters of A-Z, a-z, 0-9, '-', '_', '.', ':'",
+            );
+        }
+        if serde_json::to_vec(&self.body).map_or(0, |b| b.len()) > MAX_CUSTOM_BODY {
+            errs.push(
+                "body",
+                format!("the body is larger than {MAX_CUSTOM_BODY} bytes"),
+            );
+        }
+        match (&self.services, self.broadcast) {
+            (Some(s), false) if !s.is_empty() => {
+                if s.len() > 100 {
+                    errs.push("services", "at most 100 services");
+                }
+                for (i, name) in s.iter().enumerate() {
+                    if let Err(m) = crate::name::validate_service_name(name) {
+                        errs.push(format!("services[{i}]"), m);
+                    }
+                }
+            }
+            (None, true) => {}
+            (Some(s), true) if s.is_empty() => {}
+            (Some(_), true) => errs.push(
+                "broadcast",
+                "give either services or broadcast: true, not both",
+            ),
+            _ => errs.push(
+                "services",
+                "name the services to tell, or set broadcast: true",
+            ),
+        }
+        errs.finish()
+    }
 }
 
 impl Event {
@@ -68,6 +143,9 @@ impl Event {
             check: None,
             output: None,
             flapping: None,
+            event_type: None,
+            body: None,
+            instances: None,
         }
     }
 }

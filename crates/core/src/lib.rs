@@ -20,7 +20,7 @@ pub mod status;
 pub use check::{CheckKind, CheckRecord, CheckSpec};
 pub use duration::Millis;
 pub use error::{FieldError, ValidationError};
-pub use event::{Event, EventKind};
+pub use event::{BROADCAST, CustomEventBody, Event, EventKind};
 pub use instance::{
     DeregisterBody, HeartbeatBody, InstanceDoc, InstanceRecord, Lifetime, MaintenanceBody,
     RegisterBody, RegisterError, Registration, Reported,

@@ -24,6 +24,19 @@ pub fn events_of(change: &Change) -> Vec<Event> {
         .unwrap_or_default();
     let at = timestamp(change.at_ms);
     let mut out = Vec::new();
+    if note.kind == NoteKind::Custom {
+        // One event per service told, or one for everybody.
+        let targets = match &note.services {
+            Some(s) if !s.is_empty() => s.clone(),
+            _ => vec![muster_core::BROADCAST.to_string()],
+        };
+        for service in targets {
+            let mut e = Event::new(change.revision, EventKind::Custom, service, at);
+            e.event_type = note.event_type.clone();
+            e.body = note.body.clone();
+            out.push(e);
+        }
+    }
     for ev in &change.events {
         match keys::parse_key(&ev.kv.key) {
             Key::Service(name) => {

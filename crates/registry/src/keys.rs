@@ -117,6 +117,13 @@ pub struct Note {
     pub to: Option<muster_core::Status>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flap: Option<muster_core::health::Flap>,
+    /// A custom event: its type, body and audience.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub event_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,6 +135,7 @@ pub enum NoteKind {
     ServiceDeleted,
     StatusReported,
     CheckStatus,
+    Custom,
 }
 
 impl Note {

@@ -12,6 +12,7 @@
 //! and [`RegistryError`] to the wire.
 #![forbid(unsafe_code)]
 
+mod elections;
 mod error;
 mod events;
 mod index;
@@ -19,6 +20,7 @@ mod keys;
 mod registry;
 mod view;
 
+pub use elections::{Campaign, CampaignBody, CandidateBody, Election, election_event};
 pub use error::RegistryError;
 pub use events::events_of;
 pub use index::CheckOwner;

@@ -185,6 +185,12 @@ impl Registry {
         }
     }
 
+    /// Waits until the index reflects revision `rev` (for readers that learn
+    /// of a change from the store before the index applied it).
+    pub async fn caught_up(&self, rev: Revision) -> Result<(), RegistryError> {
+        self.applied(rev).await
+    }
+
     /// After a lost compare-and-set: let the index catch up with the store.
     async fn catch_up(&self) -> Result<(), RegistryError> {
         self.applied(self.store.current_revision()).await
@@ -541,6 +547,48 @@ impl Registry {
         Err(RegistryError::Conflict(format!(
             "instance {id:?} kept changing concurrently; retry"
         )))
+    }
+
+    // ----- custom events -----
+
+    /// Records a custom event; it reaches watchers of its services (or all)
+    /// through the change feed, in order with every other change.
+    pub async fn custom_event(
+        &self,
+        body: muster_core::CustomEventBody,
+    ) -> Result<Revision, RegistryError> {
+        body.validate()?;
+        let mut note = Note::new(NoteKind::Custom);
+        note.event_type = Some(body.event_type);
+        note.body = Some(body.body);
+        note.services = if body.broadcast { None } else { body.services };
+        let res = self.store.txn(Txn::new().note(note.encode())).await?;
+        Ok(res.revision)
+    }
+
+    /// Every instance of each service (all services when `services` is
+    /// `None`), and the revision that view reflects: a feed's opening snapshot.
+    pub fn snapshot(
+        &self,
+        services: Option<&[String]>,
+    ) -> (Revision, Vec<(String, Vec<InstanceJson>)>) {
+        let idx = self.index.read();
+        let list = |e: Option<&crate::index::ServiceEntry>| -> Vec<InstanceJson> {
+            e.map(|e| e.instances.values().map(InstanceEntry::to_json).collect())
+                .unwrap_or_default()
+        };
+        let out = match services {
+            Some(names) => names
+                .iter()
+                .map(|n| (n.clone(), list(idx.services.get(n))))
+                .collect(),
+            None => idx
+                .services
+                .iter()
+                .map(|(n, e)| (n.clone(), list(Some(e))))
+                .collect(),
+        };
+        (idx.revision, out)
     }
 
     // ----- checks -----

@@ -8,6 +8,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use muster_feed::Hub;
 use muster_health::Health;
 use muster_registry::Registry;
 use std::sync::{Arc, OnceLock};
@@ -19,6 +20,7 @@ use utoipa_axum::router::OpenApiRouter;
 pub struct Ready {
     pub registry: Arc<Registry>,
     pub health: Health,
+    pub hub: Hub,
 }
 
 /// Shared by every handler. The registry appears once the store is open and
@@ -49,6 +51,10 @@ impl AppState {
         self.ready().map(|r| &r.health)
     }
 
+    pub fn hub(&self) -> Result<&Hub, Problem> {
+        self.ready().map(|r| &r.hub)
+    }
+
     fn ready(&self) -> Result<&Ready, Problem> {
         self.ready.get().ok_or_else(|| {
             Problem::new(
@@ -71,6 +77,8 @@ impl AppState {
         (name = "services", description = "Service definitions"),
         (name = "instances", description = "Registration, discovery, heartbeats"),
         (name = "checks", description = "Health checks, probe history and stats"),
+        (name = "feed", description = "The change feed, the event log and custom events"),
+        (name = "coordination", description = "Leader elections and cluster membership"),
         (name = "operations", description = "Liveness, readiness, metrics"),
     ),
     components(schemas(crate::problem::ProblemDoc))
@@ -82,6 +90,8 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(api::services::routes())
         .merge(api::instances::routes())
         .merge(api::checks::routes())
+        .merge(api::feed::routes())
+        .merge(api::elections::routes())
         .merge(ops::routes())
 }
 

@@ -38,6 +38,7 @@ pub struct Metrics {
     latency: Family<RouteLabels, Histogram>,
     instances: Family<InstanceLabels, Gauge>,
     revision: Gauge,
+    watchers: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -71,13 +72,24 @@ impl Metrics {
             "Store revision the index reflects",
             revision.clone(),
         );
+        let watchers = Gauge::default();
+        registry.register(
+            "feed_watchers",
+            "Open change-feed subscriptions (WebSocket and SSE)",
+            watchers.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             requests,
             latency,
             instances,
             revision,
+            watchers,
         }
+    }
+
+    pub fn watchers(&self, delta: i64) {
+        self.watchers.inc_by(delta);
     }
 
     /// Lets another component (the health engine) add its metrics.

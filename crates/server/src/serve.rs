@@ -5,6 +5,7 @@
 use crate::app::{AppState, Ready, router};
 use crate::config::{Config, StoreConfig};
 use crate::metrics::Metrics;
+use muster_feed::Hub;
 use muster_health::history::ProbeHistory;
 use muster_health::influx::InfluxExporter;
 use muster_health::metrics::HealthMetrics;
@@ -143,6 +144,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
                     Ok(r) => r,
                     Err(e) => return tracing::error!(error = %e, "cannot load the registry index"),
                 };
+                let stop_hub = stop.clone();
                 let health = start_health(
                     &config,
                     &state,
@@ -156,7 +158,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
                     took_ms = t.elapsed().as_millis() as u64,
                     "registry ready"
                 );
-                state.set_ready(Ready { registry, health });
+                let hub = Hub::start(registry.store().clone(), &workers, stop_hub);
+                state.set_ready(Ready {
+                    registry,
+                    health,
+                    hub,
+                });
             })
         };
         let serve = axum::serve(

@@ -1,0 +1,129 @@
+//! The hub: one follower of the store, one serialization per event, one
+//! broadcast to every subscriber.
+
+use bytes::Bytes;
+use muster_core::{BROADCAST, Event, EventKind};
+use muster_registry::events_of;
+use muster_store::{DynStore, Revision, StoreError};
+use std::sync::Arc;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// One event as every subscriber receives it.
+#[derive(Debug)]
+pub struct FeedItem {
+    pub revision: Revision,
+    pub kind: EventKind,
+    /// The service it concerns; [`BROADCAST`] for a broadcast custom event.
+    pub service: Arc<str>,
+    /// The event as a JSON object, serialized once.
+    pub json: Bytes,
+}
+
+impl FeedItem {
+    pub fn of(e: &Event) -> FeedItem {
+        FeedItem {
+            revision: e.revision,
+            kind: e.kind,
+            service: e.service.as_str().into(),
+            json: Bytes::from(serde_json::to_vec(e).unwrap_or_default()),
+        }
+    }
+
+    pub fn is_broadcast(&self) -> bool {
+        &*self.service == BROADCAST
+    }
+}
+
+/// Fans every change out to the feed's subscribers.
+#[derive(Clone)]
+pub struct Hub {
+    store: DynStore,
+    tx: broadcast::Sender<Arc<FeedItem>>,
+}
+
+/// Items a subscriber may fall behind before it is cut off (shared ring).
+pub const BUFFER: usize = 16 * 1024;
+
+impl Hub {
+    /// Starts following the store from its current revision.
+    pub fn start(store: DynStore, tracker: &TaskTracker, cancel: CancellationToken) -> Hub {
+        let (tx, _) = broadcast::channel(BUFFER);
+        let hub = Hub { store, tx };
+        let h = hub.clone();
+        tracker.spawn(async move { h.follow(cancel).await });
+        hub
+    }
+
+    async fn follow(self, cancel: CancellationToken) {
+        let mut from = self.store.current_revision() + 1;
+        loop {
+            let mut watcher = match self.store.watch(from).await {
+                Ok(w) => w,
+                Err(StoreError::Closed) => return,
+                Err(e) => {
+                    // Fell behind retained history: subscribers resync by themselves.
+                    tracing::warn!(error = %e, "feed hub cannot resume; continuing from the current revision");
+                    from = self.store.current_revision() + 1;
+                    continue;
+                }
+            };
+            loop {
+                let next = tokio::select! {
+                    n = watcher.next() => n,
+                    _ = cancel.cancelled() => return,
+                };
+                match next {
+                    Some(Ok(change)) => {
+                        from = change.revision + 1;
+                        for e in events_of(&change) {
+                            let _ = self.tx.send(Arc::new(FeedItem::of(&e)));
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "feed hub's watch ended; resuming");
+                        break;
+                    }
+                    None => return,
+                }
+            }
+        }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<FeedItem>> {
+        self.tx.subscribe()
+    }
+
+    pub fn subscribers(&self) -> usize {
+        self.tx.receiver_count()
+    }
+
+    pub fn store(&self) -> &DynStore {
+        &self.store
+    }
+
+    /// Events of the retained history from revision `from` through `upto`.
+    /// `Err(Compacted)` when `from` is no longer retained.
+    pub async fn history(
+        &self,
+        from: Revision,
+        upto: Revision,
+    ) -> Result<Vec<Arc<FeedItem>>, StoreError> {
+        let mut out = Vec::new();
+        if from > upto {
+            return Ok(out);
+        }
+        let mut w = self.store.watch(from).await?;
+        while w.next_revision() <= upto {
+            match w.next().await {
+                Some(Ok(change)) => {
+                    out.extend(events_of(&change).iter().map(|e| Arc::new(FeedItem::of(e))))
+                }
+                Some(Err(e)) => return Err(e),
+                None => return Err(StoreError::Closed),
+            }
+        }
+        Ok(out)
+    }
+}

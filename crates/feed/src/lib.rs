@@ -1,0 +1,20 @@
+//! muster's change feed.
+//!
+//! The [`Hub`] follows the store's change stream, turns every change into
+//! registry events (`muster_registry::events_of`), serializes each event
+//! once and broadcasts it to every subscriber as shared bytes. A
+//! [`Subscription`] opens either with a snapshot of the watched services
+//! (then every delta after it) or from a revision (replaying the retained
+//! history, then live), with no gap and no repeat at the seam; a subscriber
+//! too slow for its bounded buffer is cut off with the revision to resume
+//! from, instead of growing memory or slowing everyone else.
+//!
+//! Architecture Invariant: no HTTP here; the server maps subscriptions to
+//! WebSocket and SSE.
+#![forbid(unsafe_code)]
+
+mod hub;
+mod subscription;
+
+pub use hub::{FeedItem, Hub};
+pub use subscription::{Filter, Message, Subscription, SubscriptionError};

@@ -1,0 +1,210 @@
+//! One subscriber's view of the feed: an opening (a snapshot per watched
+//! service, or a replay from a revision), then live events, filtered to the
+//! services it watches, with no gap and no repeat at the seam.
+
+use crate::hub::{FeedItem, Hub};
+use bytes::Bytes;
+use muster_core::{Event, EventKind};
+use muster_registry::{Registry, list_json};
+use muster_store::{Revision, StoreError};
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+/// Which services a subscriber hears about (`None`: all).
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub services: Option<HashSet<String>>,
+    /// Attach the service's current instance list to every delta.
+    pub full: bool,
+}
+
+impl Filter {
+    pub fn matches(&self, item: &FeedItem) -> bool {
+        item.is_broadcast()
+            || self
+                .services
+                .as_ref()
+                .is_none_or(|s| s.contains(&*item.service))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubscriptionError {
+    /// The requested revision is older than the retained history.
+    #[error(
+        "revision {requested} is no longer retained (oldest: {oldest}); resync from a snapshot"
+    )]
+    Gone {
+        requested: Revision,
+        oldest: Revision,
+    },
+    /// The subscriber fell further behind than its buffer allows.
+    #[error("too slow: more than {buffer} events behind; reconnect with from={resume_from}")]
+    Lagged {
+        resume_from: Revision,
+        buffer: usize,
+    },
+    #[error("the feed is closed")]
+    Closed,
+    #[error("{0}")]
+    Store(StoreError),
+}
+
+/// One message of the feed: a JSON object and the revision it belongs to.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub revision: Revision,
+    pub json: Bytes,
+}
+
+pub struct Subscription {
+    registry: Arc<Registry>,
+    rx: broadcast::Receiver<Arc<FeedItem>>,
+    /// Openings and replayed history, delivered before anything live.
+    backlog: VecDeque<Message>,
+    /// Live items below this revision were already delivered from history.
+    live_from: Revision,
+    /// The last revision delivered in full: where a reconnect resumes.
+    delivered: Revision,
+    filter: Filter,
+}
+
+fn now() -> muster_core::Timestamp {
+    time::OffsetDateTime::now_utc()
+}
+
+fn instances_raw(registry: &Registry, service: &str) -> Option<Box<serde_json::value::RawValue>> {
+    let list = registry.instances(service, &Default::default());
+    serde_json::value::RawValue::from_string(String::from_utf8(list_json(&list)).ok()?).ok()
+}
+
+impl Subscription {
+    /// Opens a subscription. Without `from`, it starts with one `snapshot`
+    /// message per watched service; with `from`, it replays the retained
+    /// events after `from`.
+    pub async fn open(
+        hub: &Hub,
+        registry: Arc<Registry>,
+        filter: Filter,
+        from: Option<Revision>,
+    ) -> Result<Subscription, SubscriptionError> {
+        // Subscribe first: whatever the hub publishes from now on is caught.
+        let rx = hub.subscribe();
+        let mut backlog = VecDeque::new();
+        let start = match from {
+            Some(rev) => {
+                let oldest = hub.store().oldest_revision();
+                if rev + 1 < oldest {
+                    return Err(SubscriptionError::Gone {
+                        requested: rev,
+                        oldest,
+                    });
+                }
+                rev
+            }
+            None => {
+                let services: Option<Vec<String>> = filter.services.as_ref().map(|s| {
+                    let mut v: Vec<String> = s.iter().cloned().collect();
+                    v.sort();
+                    v
+                });
+                let (rev, snap) = registry.snapshot(services.as_deref());
+                for (service, instances) in snap {
+                    let mut e = Event::new(rev, EventKind::Snapshot, service, now());
+                    e.instances = serde_json::value::RawValue::from_string(
+                        String::from_utf8(list_json(&instances)).unwrap_or_else(|_| "[]".into()),
+                    )
+                    .ok();
+                    backlog.push_back(Message {
+                        revision: rev,
+                        json: Bytes::from(serde_json::to_vec(&e).unwrap_or_default()),
+                    });
+                }
+                rev
+            }
+        };
+        // Fill from history up to what the store has now; live takes over after.
+        let upto = hub.store().current_revision();
+        let history = hub.history(start + 1, upto).await.map_err(|e| match e {
+            StoreError::Compacted { requested, oldest } => {
+                SubscriptionError::Gone { requested, oldest }
+            }
+            e => SubscriptionError::Store(e),
+        })?;
+        let mut sub = Subscription {
+            registry,
+            rx,
+            backlog,
+            live_from: upto + 1,
+            delivered: upto,
+            filter,
+        };
+        for item in history {
+            if sub.filter.matches(&item) {
+                let json = sub.render(&item);
+                sub.backlog.push_back(Message {
+                    revision: item.revision,
+                    json,
+                });
+            }
+        }
+        Ok(sub)
+    }
+
+    /// The revision a reconnect should pass as `from`.
+    pub fn resume_from(&self) -> Revision {
+        self.delivered
+    }
+
+    fn render(&self, item: &FeedItem) -> Bytes {
+        if !self.filter.full || item.is_broadcast() || item.kind == EventKind::Custom {
+            return item.json.clone();
+        }
+        // `full`: the event plus the service's current instance list.
+        let Some(raw) = instances_raw(&self.registry, &item.service) else {
+            return item.json.clone();
+        };
+        let mut out = item.json[..item.json.len().saturating_sub(1)].to_vec();
+        out.extend_from_slice(br#","instances":"#);
+        out.extend_from_slice(raw.get().as_bytes());
+        out.push(b'}');
+        Bytes::from(out)
+    }
+
+    /// The next message.
+    pub async fn next(&mut self) -> Result<Message, SubscriptionError> {
+        if let Some(b) = self.backlog.pop_front() {
+            return Ok(b);
+        }
+        loop {
+            match self.rx.recv().await {
+                Ok(item) => {
+                    if item.revision < self.live_from {
+                        continue;
+                    }
+                    // Items of one revision arrive together; the revision is
+                    // complete once a later one shows up.
+                    self.delivered = self.delivered.max(item.revision.saturating_sub(1));
+                    if self.filter.matches(&item) {
+                        if self.filter.full {
+                            // The list must include this very change.
+                            let _ = self.registry.caught_up(item.revision).await;
+                        }
+                        return Ok(Message {
+                            revision: item.revision,
+                            json: self.render(&item),
+                        });
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    return Err(SubscriptionError::Lagged {
+                        resume_from: self.delivered,
+                        buffer: crate::hub::BUFFER,
+                    });
+                }
+                Err(broadcast::error::RecvError::Closed) => return Err(SubscriptionError::Closed),
+            }
+        }
+    }
+}

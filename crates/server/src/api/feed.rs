@@ -1,0 +1,306 @@
+//! `/api/v1/watch` (WebSocket, or SSE with `Accept: text/event-stream`) and
+//! `/api/v1/events` (the retained event log; custom events).
+
+use crate::app::{ApiResult, AppState, json};
+use crate::extract::{Json, Query};
+use crate::problem::{Problem, ProblemDoc};
+use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use muster_core::{CustomEventBody, Event};
+use muster_feed::{Filter, Subscription, SubscriptionError};
+use serde::Serialize;
+use std::collections::HashSet;
+use std::time::Duration;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(watch))
+        .routes(routes!(list_events, send_event))
+}
+
+/// How often a WebSocket peer is pinged, and how long it may stay silent.
+const PING_EVERY: Duration = Duration::from_secs(15);
+const SILENT_LIMIT: Duration = Duration::from_secs(45);
+
+fn gone(e: SubscriptionError) -> Problem {
+    match e {
+        SubscriptionError::Gone { .. } => Problem::new(StatusCode::GONE, "gone", e.to_string()),
+        SubscriptionError::Closed => {
+            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e.to_string())
+        }
+        e => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        ),
+    }
+}
+
+pub(crate) fn parse_filter(q: &Query) -> ApiResult<(Filter, Option<u64>)> {
+    let mut services: Option<HashSet<String>> = None;
+    for v in q.all("services").chain(q.all("service")) {
+        for name in v.split(',').filter(|n| !n.is_empty()) {
+            muster_core::name::validate_service_name(name)
+                .map_err(|m| Problem::bad_request("services", m))?;
+            services
+                .get_or_insert_with(HashSet::new)
+                .insert(name.to_string());
+        }
+    }
+    let from = q
+        .one("from")
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| {
+                Problem::bad_request("from", format!("{v:?} is not a revision number"))
+            })
+        })
+        .transpose()?;
+    let full = q.flag("full")?.unwrap_or(false);
+    Ok((Filter { services, full }, from))
+}
+
+/// The change feed. Without `from`: one `snapshot` per watched service, then
+/// every delta. With `from=REV`: the retained events after REV, then live.
+/// 410 when REV is older than the retained history.
+#[utoipa::path(get, path = "/api/v1/watch", tag = "feed",
+    params(
+        ("services" = Option<String>, Query, description = "comma-separated services to watch (default all)"),
+        ("from" = Option<u64>, Query, description = "resume after this revision"),
+        ("full" = Option<bool>, Query, description = "attach the service's instance list to every delta"),
+    ),
+    responses(
+        (status = 101, description = "WebSocket: one JSON event per text message"),
+        (status = 200, description = "Server-Sent Events (Accept: text/event-stream): `id` is the revision, `data` the event", content_type = "text/event-stream"),
+        (status = 400, body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 410, description = "from is older than the retained history", body = ProblemDoc, content_type = "application/problem+json"),
+    ))]
+async fn watch(State(s): State<AppState>, q: Query, req: Request) -> ApiResult<Response> {
+    let (filter, mut from) = parse_filter(&q)?;
+    let (mut parts, _) = req.into_parts();
+    let headers: &HeaderMap = &parts.headers;
+    // SSE clients resume with Last-Event-ID.
+    if from.is_none()
+        && let Some(id) = headers.get("last-event-id").and_then(|v| v.to_str().ok())
+    {
+        from = id.parse().ok();
+    }
+    let wants_ws = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let wants_sse = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    if !wants_ws && !wants_sse {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "the feed is a WebSocket (Upgrade: websocket) or Server-Sent Events (Accept: text/event-stream)",
+        ));
+    }
+    let registry = s.registry()?.clone();
+    let hub = s.hub()?.clone();
+    let sub = Subscription::open(&hub, registry, filter, from)
+        .await
+        .map_err(gone)?;
+    s.metrics.watchers(1);
+    if wants_ws {
+        let ws = WebSocketUpgrade::from_request_parts(&mut parts, &s)
+            .await
+            .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "invalid", e.to_string()))?;
+        let metrics = s.metrics.clone();
+        return Ok(ws.on_upgrade(move |socket| async move {
+            serve_ws(socket, sub).await;
+            metrics.watchers(-1);
+        }));
+    }
+    Ok(sse(s, sub))
+}
+
+#[derive(Serialize)]
+struct Closing<'a> {
+    kind: &'static str,
+    code: &'a str,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resume_from: Option<u64>,
+}
+
+fn closing(e: &SubscriptionError) -> String {
+    let (code, resume_from) = match e {
+        SubscriptionError::Lagged { resume_from, .. } => ("lagged", Some(*resume_from)),
+        SubscriptionError::Gone { .. } => ("gone", None),
+        _ => ("closed", None),
+    };
+    serde_json::to_string(&Closing {
+        kind: "error",
+        code,
+        detail: e.to_string(),
+        resume_from,
+    })
+    .unwrap_or_default()
+}
+
+/// Pushes the subscription down the socket; pings the peer and drops it when
+/// it stops answering.
+pub(crate) async fn serve_ws(mut socket: WebSocket, mut sub: Subscription) {
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    let mut last_heard = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            msg = sub.next() => match msg {
+                Ok(m) => {
+                    let text = String::from_utf8_lossy(&m.json).into_owned();
+                    if socket.send(WsMessage::Text(text.into())).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = socket.send(WsMessage::Text(closing(&e).into())).await;
+                    let _ = socket.send(WsMessage::Close(None)).await;
+                    return;
+                }
+            },
+            incoming = socket.recv() => match incoming {
+                Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => last_heard = tokio::time::Instant::now(),
+            },
+            _ = ping.tick() => {
+                if last_heard.elapsed() > SILENT_LIMIT {
+                    tracing::info!("watcher stopped answering pings; closing");
+                    return;
+                }
+                if socket.send(WsMessage::Ping(Vec::new().into())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn sse(s: AppState, sub: Subscription) -> Response {
+    struct Guard(AppState);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            self.0.metrics.watchers(-1);
+        }
+    }
+    let stream = futures_util::stream::unfold(
+        (sub, false, Guard(s)),
+        |(mut sub, done, guard)| async move {
+            if done {
+                return None;
+            }
+            match sub.next().await {
+                Ok(m) => {
+                    let ev = SseEvent::default()
+                        .id(m.revision.to_string())
+                        .data(String::from_utf8_lossy(&m.json));
+                    Some((Ok::<_, std::convert::Infallible>(ev), (sub, false, guard)))
+                }
+                Err(e) => {
+                    let ev = SseEvent::default().event("error").data(closing(&e));
+                    Some((Ok(ev), (sub, true, guard)))
+                }
+            }
+        },
+    );
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// The retained event log, oldest first.
+#[utoipa::path(get, path = "/api/v1/events", tag = "feed",
+    params(
+        ("since" = Option<u64>, Query, description = "only events after this revision"),
+        ("service" = Option<String>, Query),
+        ("limit" = Option<u32>, Query, description = "at most this many (default 100, at most 10000)"),
+    ),
+    responses(
+        (status = 200, body = Vec<Event>),
+        (status = 400, body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 410, body = ProblemDoc, content_type = "application/problem+json"),
+    ))]
+async fn list_events(State(s): State<AppState>, q: Query) -> ApiResult<Response> {
+    let hub = s.hub()?;
+    let store = hub.store();
+    let since = match q.one("since") {
+        None => store.oldest_revision().saturating_sub(1),
+        Some(v) => v.parse::<u64>().map_err(|_| {
+            Problem::bad_request("since", format!("{v:?} is not a revision number"))
+        })?,
+    };
+    let limit = match q.one("limit") {
+        None => 100,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=10_000).contains(n))
+            .ok_or_else(|| {
+                Problem::bad_request("limit", format!("{v:?} is not a number from 1 to 10000"))
+            })?,
+    };
+    let service = q.one("service");
+    if since + 1 < store.oldest_revision() {
+        return Err(Problem::new(
+            StatusCode::GONE,
+            "gone",
+            format!(
+                "revision {since} is no longer retained; the oldest retained is {}",
+                store.oldest_revision()
+            ),
+        ));
+    }
+    // Read in chunks so a small limit does not replay the whole history.
+    let mut out: Vec<u8> = b"[".to_vec();
+    let (mut n, mut from, upto) = (0usize, since + 1, store.current_revision());
+    while n < limit && from <= upto {
+        let to = (from + 1023).min(upto);
+        let items = hub
+            .history(from, to)
+            .await
+            .map_err(|e| Problem::new(StatusCode::GONE, "gone", e.to_string()))?;
+        for item in items {
+            if n >= limit {
+                break;
+            }
+            if service.is_none_or(|sv| *item.service == *sv || item.is_broadcast()) {
+                if n > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(&item.json);
+                n += 1;
+            }
+        }
+        from = to + 1;
+    }
+    out.push(b']');
+    Ok(crate::app::raw_json(StatusCode::OK, out))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct Accepted {
+    revision: u64,
+}
+
+/// A custom event for watchers of some services, or for all (`broadcast`).
+#[utoipa::path(post, path = "/api/v1/events", tag = "feed", request_body = CustomEventBody,
+    responses(
+        (status = 202, body = Accepted),
+        (status = 400, body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 413, body = ProblemDoc, content_type = "application/problem+json"),
+    ))]
+async fn send_event(
+    State(s): State<AppState>,
+    Json(body): Json<CustomEventBody>,
+) -> ApiResult<Response> {
+    let revision = s.registry()?.custom_event(body).await?;
+    Ok(json(StatusCode::ACCEPTED, &Accepted { revision }))
+}
