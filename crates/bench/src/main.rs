@@ -63,6 +63,9 @@ struct RunArgs {
     /// Instance counts of the scale scenario [default: 100000,1000000; 10000 with --quick]
     #[arg(long, value_delimiter = ',')]
     sizes: Option<Vec<usize>>,
+    /// Watcher counts of the fanout scenario [default: 1000,10000; 100 with --quick]
+    #[arg(long, value_delimiter = ',')]
+    watchers: Option<Vec<usize>>,
 }
 
 #[derive(ValueEnum, Clone, Copy, PartialEq, Eq)]
@@ -72,14 +75,16 @@ enum Scenario {
     Discovery,
     Health,
     Scale,
+    Fanout,
 }
 
-const ALL: [Scenario; 5] = [
+const ALL: [Scenario; 6] = [
     Scenario::Registration,
     Scenario::Heartbeat,
     Scenario::Discovery,
     Scenario::Health,
     Scenario::Scale,
+    Scenario::Fanout,
 ];
 
 fn main() -> Result<()> {
@@ -115,11 +120,14 @@ async fn run_inner(scenarios: Vec<Scenario>, args: RunArgs) -> Result<()> {
             "etcd not found on PATH: install Debian's etcd-server (apt-get install etcd-server), or run ./scripts/test once"
         );
     }
+    // Before any server starts: they inherit it (fanout holds 10k sockets).
+    let nofile = procs::raise_nofile();
     let settings = Settings {
         quick: args.quick,
         warmup,
         measure,
         muster_bin: procs::muster_binary()?,
+        nofile,
     };
     let command = format!(
         "cargo run --release -p muster-bench -- {}",
@@ -131,6 +139,7 @@ async fn run_inner(scenarios: Vec<Scenario>, args: RunArgs) -> Result<()> {
     let mut rows = scenarios::ceiling(&settings, &clients).await?;
     let mut scale = Vec::new();
     let mut probes = None;
+    let mut fanout = Vec::new();
     for s in &scenarios {
         match s {
             Scenario::Registration => {
@@ -149,12 +158,25 @@ async fn run_inner(scenarios: Vec<Scenario>, args: RunArgs) -> Result<()> {
                     scale.push(scenarios::scale(&settings, n).await?);
                 }
             }
+            Scenario::Fanout => {
+                let default: &[usize] = if settings.quick {
+                    &[100]
+                } else {
+                    &[1_000, 10_000]
+                };
+                for &n in args.watchers.as_deref().unwrap_or(default) {
+                    fanout.push(scenarios::fanout(&settings, n).await?);
+                }
+            }
         }
     }
     progress::done();
     println!("{}", report::table(&rows, &scale));
     if let Some(p) = &probes {
         println!("{}", report::probe_table(p));
+    }
+    if !fanout.is_empty() {
+        println!("{}", report::fanout_table(&fanout));
     }
     let out = args.out.unwrap_or_else(|| {
         if settings.quick {
@@ -178,6 +200,10 @@ async fn run_inner(scenarios: Vec<Scenario>, args: RunArgs) -> Result<()> {
     if let Some(p) = &probes {
         md.push('\n');
         md.push_str(&report::probe_table(p));
+    }
+    if !fanout.is_empty() {
+        md.push('\n');
+        md.push_str(&report::fanout_table(&fanout));
     }
     report::write_markdown(&out, &md)?;
     eprintln!("report written to {}", out.display());

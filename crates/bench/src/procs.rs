@@ -290,3 +290,28 @@ pub fn muster_binary() -> Result<PathBuf> {
     }
     Ok(bin)
 }
+
+/// Raises this process's soft limit on open files towards its hard limit
+/// (children started afterwards inherit it: the fan-out scenario holds 10k
+/// sockets on each side). Returns the soft limit now in force.
+pub fn raise_nofile() -> u64 {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    const WANT: u64 = 1 << 16;
+    let lim = getrlimit(Resource::Nofile);
+    let current = lim.current.unwrap_or(u64::MAX);
+    let target = lim.maximum.map_or(WANT, |max| max.min(WANT));
+    if current >= target {
+        return current;
+    }
+    let raised = Rlimit {
+        current: Some(target),
+        maximum: lim.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => target,
+        Err(e) => {
+            eprintln!("cannot raise the open-file limit from {current} to {target}: {e}");
+            current
+        }
+    }
+}

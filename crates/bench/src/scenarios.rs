@@ -6,7 +6,8 @@ use crate::load::{self, Conn, MakeRequest, Recorder, Window, http_load, run_work
 use crate::procs::Proc;
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
-use etcd_client::{Client, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{Client, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
+use hdrhistogram::Histogram;
 use hyper::Method;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,6 +19,8 @@ pub struct Settings {
     pub warmup: Duration,
     pub measure: Duration,
     pub muster_bin: PathBuf,
+    /// The soft open-file limit this harness (and every server it starts) has.
+    pub nofile: u64,
 }
 
 /// One measured run of one target.
@@ -629,5 +632,353 @@ pub async fn probes(s: &Settings) -> Result<ProbeRun> {
         detect_ms,
         // interval × failures_before_critical + 100 ms
         detect_budget_ms: 1100.0,
+    })
+}
+
+/// One side (muster or etcd) of the fan-out scenario.
+#[derive(Clone, Debug)]
+pub struct FanoutSide {
+    /// Per round: from sending the change to the LAST watcher's copy arriving.
+    pub last_p50_ms: f64,
+    pub last_p99_ms: f64,
+    /// Over every delivery of every round: from sending the change to that copy arriving.
+    pub all_p50_ms: f64,
+    pub all_p99_ms: f64,
+    /// The server's RSS added by opening the watchers, divided by their number.
+    pub bytes_per_watcher: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct FanoutRow {
+    pub watchers: usize,
+    /// What was asked for (more than `watchers` when the open-file limit capped it).
+    pub requested: usize,
+    pub rounds: usize,
+    /// Connections (clients) etcd's watches were spread over.
+    pub etcd_clients: usize,
+    pub muster: FanoutSide,
+    pub etcd: FanoutSide,
+}
+
+/// What a watcher-reading task reports to the scenario.
+enum Seen {
+    /// A watcher is open (muster: snapshot read; etcd: watch created).
+    Ready,
+    /// A watcher received the change, at this time.
+    Arrived(tokio::time::Instant),
+    Failed(String),
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+const FAN_PREFIX: &str = "/registry/fan/";
+
+/// Waits until `n` watchers have reported `Ready`.
+async fn await_ready(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Seen>,
+    n: usize,
+    within: Duration,
+) -> Result<()> {
+    let mut ready = 0;
+    let deadline = tokio::time::Instant::now() + within;
+    while ready < n {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(Seen::Ready)) => ready += 1,
+            Ok(Some(Seen::Arrived(_))) => {}
+            Ok(Some(Seen::Failed(e))) => bail!("opening watchers: {e}"),
+            Ok(None) => bail!("every watcher task ended"),
+            Err(_) => bail!("only {ready} of {n} watchers open after {within:?}"),
+        }
+    }
+    Ok(())
+}
+
+/// Waits until `n` watchers have received the change; their arrival times.
+async fn await_arrivals(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Seen>,
+    n: usize,
+) -> Result<Vec<tokio::time::Instant>> {
+    let mut got = Vec::with_capacity(n);
+    let within = Duration::from_secs(30);
+    let deadline = tokio::time::Instant::now() + within;
+    while got.len() < n {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(Seen::Arrived(t))) => got.push(t),
+            Ok(Some(Seen::Ready)) => {}
+            Ok(Some(Seen::Failed(e))) => bail!("a watcher failed: {e}"),
+            Ok(None) => bail!("every watcher task ended"),
+            Err(_) => bail!(
+                "only {} of {n} watchers got the change within {within:?}",
+                got.len()
+            ),
+        }
+    }
+    Ok(got)
+}
+
+/// How a round's change is made.
+enum Changer {
+    Muster(Conn),
+    Etcd(Box<Client>),
+}
+
+impl Changer {
+    async fn change(&mut self, id: &str, n: u64) -> Result<()> {
+        match self {
+            Changer::Muster(conn) => {
+                conn.ok(
+                    Method::PUT,
+                    &format!("/api/v1/services/fan/instances/{id}"),
+                    Some(Bytes::from(instance_json(n, None))),
+                )
+                .await?;
+            }
+            Changer::Etcd(client) => {
+                client
+                    .put(format!("{FAN_PREFIX}{id}"), instance_json(n, None), None)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `rounds` changes, one at a time, each waited for at every watcher.
+async fn fan_rounds(
+    changer: &mut Changer,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Seen>,
+    watchers: usize,
+    rounds: usize,
+) -> Result<(Histogram<u64>, Histogram<u64>)> {
+    let hist = || Histogram::<u64>::new_with_bounds(1, 60_000_000, 3);
+    let (mut last, mut all) = (hist()?, hist()?);
+    for r in 0..rounds {
+        let sent = tokio::time::Instant::now();
+        changer.change(&format!("f-{r}"), r as u64).await?;
+        let arrivals = await_arrivals(rx, watchers).await?;
+        let us = |t: &tokio::time::Instant| (t.duration_since(sent).as_micros() as u64).max(1);
+        for t in &arrivals {
+            all.record(us(t))?;
+        }
+        last.record(arrivals.iter().map(us).max().unwrap_or(1))?;
+        load::PROGRESS.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok((last, all))
+}
+
+fn side(
+    last: &Histogram<u64>,
+    all: &Histogram<u64>,
+    before: u64,
+    after: u64,
+    n: usize,
+) -> FanoutSide {
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    FanoutSide {
+        last_p50_ms: ms(last, 0.5),
+        last_p99_ms: ms(last, 0.99),
+        all_p50_ms: ms(all, 0.5),
+        all_p99_ms: ms(all, 0.99),
+        bytes_per_watcher: after.saturating_sub(before) as f64 / n as f64,
+    }
+}
+
+/// One WebSocket watcher of service `fan`, its opening snapshot read.
+async fn ws_watcher(url: &str) -> Result<Ws> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    // Small client buffers: the harness holds 10k of these next to the server.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(4096);
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
+        .await
+        .with_context(|| format!("connect {url}"))?;
+    match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) if t.contains(r#""kind":"snapshot""#) => Ok(ws),
+        Ok(other) => bail!("expected a snapshot first, got {other:?}"),
+        Err(_) => bail!("no snapshot within 30 s"),
+    }
+}
+
+/// Opens `n` WebSocket watchers over a few tasks, each owning its share of the
+/// sockets in one `SelectAll` and reporting every `registered` message.
+fn spawn_ws_watchers(
+    addr: &str,
+    n: usize,
+    tx: &tokio::sync::mpsc::UnboundedSender<Seen>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let tasks = 4.min(n.max(1));
+    (0..tasks)
+        .map(|t| {
+            let share = n / tasks + usize::from(t < n % tasks);
+            let url = format!("ws://{addr}/api/v1/watch?services=fan");
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut sockets = futures_util::stream::SelectAll::new();
+                let mut opening = futures_util::stream::iter(0..share)
+                    .map(|_| ws_watcher(&url))
+                    .buffer_unordered(16);
+                while let Some(r) = opening.next().await {
+                    match r {
+                        Ok(ws) => {
+                            sockets.push(ws);
+                            load::PROGRESS.fetch_add(1, Ordering::Relaxed);
+                            let _ = tx.send(Seen::Ready);
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Seen::Failed(format!("{e:#}")));
+                            return;
+                        }
+                    }
+                }
+                drop(opening);
+                while let Some(msg) = sockets.next().await {
+                    let seen = match msg {
+                        Ok(Message::Text(t)) if t.contains(r#""kind":"registered""#) => {
+                            Seen::Arrived(tokio::time::Instant::now())
+                        }
+                        Ok(Message::Close(c)) => {
+                            Seen::Failed(format!("muster closed a watcher: {c:?}"))
+                        }
+                        Ok(_) => continue,
+                        Err(e) => Seen::Failed(format!("watcher: {e}")),
+                    };
+                    let _ = tx.send(seen);
+                }
+            })
+        })
+        .collect()
+}
+
+/// `share` watches on the prefix over one etcd connection, all on one gRPC
+/// watch stream (as etcd's Go client multiplexes watches), reported like the
+/// WebSocket watchers.
+async fn spawn_etcd_watchers(
+    addr: &str,
+    share: usize,
+    tx: &tokio::sync::mpsc::UnboundedSender<Seen>,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let mut client = Client::connect([addr], None).await?;
+    let opts = || Some(WatchOptions::new().with_prefix());
+    let stream = client.watch(FAN_PREFIX, opts()).await?;
+    let tx = tx.clone();
+    Ok(tokio::spawn(async move {
+        let _client = client;
+        let (mut sender, mut responses) = stream.split();
+        let creating = async {
+            for _ in 1..share {
+                if let Err(e) = sender.watch(FAN_PREFIX, opts()).await {
+                    let _ = tx.send(Seen::Failed(format!("etcd watch create: {e}")));
+                    return;
+                }
+            }
+        };
+        let reading = async {
+            loop {
+                let seen = match responses.message().await {
+                    Ok(Some(r)) if r.canceled() => {
+                        Seen::Failed(format!("etcd canceled a watch: {}", r.cancel_reason()))
+                    }
+                    Ok(Some(r)) if r.created() => {
+                        load::PROGRESS.fetch_add(1, Ordering::Relaxed);
+                        Seen::Ready
+                    }
+                    Ok(Some(r)) if !r.events().is_empty() => {
+                        Seen::Arrived(tokio::time::Instant::now())
+                    }
+                    Ok(Some(_)) => continue,
+                    Ok(None) => Seen::Failed("etcd watch stream ended".into()),
+                    Err(e) => Seen::Failed(format!("etcd watch stream: {e}")),
+                };
+                let failed = matches!(seen, Seen::Failed(_));
+                let _ = tx.send(seen);
+                if failed {
+                    return;
+                }
+            }
+        };
+        tokio::join!(creating, reading);
+    }))
+}
+
+/// One change fanned out to `watchers` watchers: muster's WebSocket feed, then
+/// etcd's watch, each on a fresh server. Latency from sending the change to
+/// each copy arriving; memory as the server's RSS growth per watcher.
+pub async fn fanout(s: &Settings, watchers: usize) -> Result<FanoutRow> {
+    // Each side holds one descriptor per watcher, plus some to spare.
+    let limit = usize::try_from(s.nofile).unwrap_or(usize::MAX);
+    let n = watchers.min(limit.saturating_sub(256)).max(1);
+    if n < watchers {
+        eprintln!(
+            "\nfanout: the open-file limit is {limit}; measuring {n} watchers instead of {watchers}"
+        );
+    }
+    let rounds = if s.quick { 5 } else { 20 };
+    let settle = Duration::from_millis(if s.quick { 100 } else { 500 });
+
+    // ---- muster ----
+    crate::progress::set(format!("fanout: muster, opening {n} WebSocket watchers"));
+    let (p, _dir) = fresh_muster(s).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut changer = Changer::Muster(Conn::open(&p.addr).await?);
+    // Warm-up: one watcher, one change, so code and pools first touched by
+    // the feed are not counted against the watchers.
+    let warm = spawn_ws_watchers(&p.addr, 1, &tx);
+    await_ready(&mut rx, 1, Duration::from_secs(30)).await?;
+    changer.change("warm", 0).await?;
+    await_arrivals(&mut rx, 1).await?;
+    warm.iter().for_each(|h| h.abort());
+    tokio::time::sleep(settle).await;
+    let before = p.rss();
+    let tasks = spawn_ws_watchers(&p.addr, n, &tx);
+    await_ready(&mut rx, n, Duration::from_secs(300)).await?;
+    tokio::time::sleep(settle).await;
+    let after = p.rss();
+    crate::progress::set(format!("fanout: muster, {rounds} changes to {n} watchers"));
+    let (last, all) = fan_rounds(&mut changer, &mut rx, n, rounds).await?;
+    let muster = side(&last, &all, before, after, n);
+    tasks.iter().for_each(|h| h.abort());
+    drop(changer);
+    drop(p);
+
+    // ---- etcd ----
+    let clients = n.div_ceil(1000);
+    crate::progress::set(format!(
+        "fanout: etcd, opening {n} watches over {clients} connections"
+    ));
+    let e = Proc::etcd().await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut changer = Changer::Etcd(Box::new(etcd_client(&e).await?));
+    let warm = spawn_etcd_watchers(&e.addr, 1, &tx).await?;
+    await_ready(&mut rx, 1, Duration::from_secs(30)).await?;
+    changer.change("warm", 0).await?;
+    await_arrivals(&mut rx, 1).await?;
+    warm.abort();
+    tokio::time::sleep(settle).await;
+    let before = e.rss();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let share = n / clients + usize::from(c < n % clients);
+        tasks.push(spawn_etcd_watchers(&e.addr, share, &tx).await?);
+    }
+    await_ready(&mut rx, n, Duration::from_secs(300)).await?;
+    tokio::time::sleep(settle).await;
+    let after = e.rss();
+    crate::progress::set(format!("fanout: etcd, {rounds} puts to {n} watches"));
+    let (last, all) = fan_rounds(&mut changer, &mut rx, n, rounds).await?;
+    let etcd = side(&last, &all, before, after, n);
+    tasks.iter().for_each(|h| h.abort());
+    Ok(FanoutRow {
+        watchers: n,
+        requested: watchers,
+        rounds,
+        etcd_clients: clients,
+        muster,
+        etcd,
     })
 }

@@ -15,6 +15,7 @@
 
 mod hub;
 mod subscription;
+pub mod webhooks;
 
 pub use hub::{FeedItem, Hub};
 pub use subscription::{Filter, Message, Subscription, SubscriptionError};

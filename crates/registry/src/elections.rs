@@ -99,8 +99,12 @@ fn term_key(name: &str) -> String {
     format!("{TERM_PREFIX}{name}")
 }
 
+/// Election names follow the service-name rule (safe in URLs and keys); the
+/// message says "election name" so it matches what the user typed.
 fn validate_name(errs: &mut Errors, name: &str) {
-    errs.take("name", muster_core::name::validate_service_name(name));
+    let r = muster_core::name::validate_service_name(name)
+        .map_err(|m| m.replacen("service name", "election name", 1));
+    errs.take("name", r);
 }
 
 fn validate_candidate(errs: &mut Errors, candidate: &str) {
@@ -403,7 +407,7 @@ pub fn election_event(ev: &KvEvent, at: Timestamp, revision: u64) -> Option<Even
     let name = std::str::from_utf8(&ev.kv.key)
         .ok()?
         .strip_prefix(ELECTION_PREFIX)?;
-    let holder = match ev.kind {
+    let (holder, term) = match ev.kind {
         EventType::Put => {
             let rec: LeaderRecord = keys::decode(&ev.kv.value).ok()?;
             let prev = ev
@@ -413,12 +417,14 @@ pub fn election_event(ev: &KvEvent, at: Timestamp, revision: u64) -> Option<Even
             if prev.is_some_and(|p| p.holder == rec.holder && p.term == rec.term) {
                 return None;
             }
-            rec.holder
+            (Some(rec.holder), Some(rec.term))
         }
-        EventType::Delete => String::new(),
+        EventType::Delete => (None, None),
     };
-    let mut e = Event::new(revision, EventKind::Custom, format!("election:{name}"), at);
-    e.reason = Some(holder);
+    // Leadership concerns everybody: a broadcast custom event of type `election`.
+    let mut e = Event::new(revision, EventKind::Custom, muster_core::BROADCAST, at);
+    e.event_type = Some("election".into());
+    e.body = Some(serde_json::json!({"name": name, "holder": holder, "term": term}));
     Some(e)
 }
 
@@ -481,8 +487,12 @@ mod tests {
         };
         let e = election_event(&put, at, 7).unwrap();
         assert_eq!(e.kind, EventKind::Custom);
-        assert_eq!(e.service, "election:db");
-        assert_eq!(e.reason.as_deref(), Some("a"));
+        assert_eq!(e.service, muster_core::BROADCAST);
+        assert_eq!(e.event_type.as_deref(), Some("election"));
+        assert_eq!(
+            e.body,
+            Some(serde_json::json!({"name": "db", "holder": "a", "term": 1}))
+        );
         assert_eq!(e.revision, 7);
 
         let moved = KvEvent {
@@ -497,8 +507,8 @@ mod tests {
             prev: Some(kv("elect/db", leader("a", 1))),
         };
         assert_eq!(
-            election_event(&freed, at, 9).unwrap().reason.as_deref(),
-            Some("")
+            election_event(&freed, at, 9).unwrap().body,
+            Some(serde_json::json!({"name": "db", "holder": null, "term": null}))
         );
 
         let term = KvEvent {

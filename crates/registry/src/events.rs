@@ -101,7 +101,7 @@ pub fn events_of(change: &Change) -> Vec<Event> {
                 }
                 out.push(e);
             }
-            Key::Other => {}
+            Key::Other => out.extend(crate::elections::election_event(ev, at, change.revision)),
         }
     }
     out

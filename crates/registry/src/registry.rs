@@ -6,6 +6,7 @@ use crate::index::{Index, InstanceEntry, ServiceSummary};
 use crate::keys::{self, Note, NoteKind};
 use crate::view::{InstanceJson, list_json};
 use bytes::Bytes;
+use muster_core::Registration;
 use muster_core::check::CheckPolicy;
 use muster_core::health::{Flap, Transition};
 use muster_core::{CheckRecord, CheckSpec};
@@ -44,6 +45,8 @@ pub struct Registered {
     /// False when it replaced an instance with the same id.
     pub created: bool,
     pub revision: Revision,
+    /// The lease it lives on (ttl and session instances).
+    pub lease: Option<muster_store::LeaseId>,
 }
 
 /// `GET /api/v1/services/{name}`.
@@ -327,18 +330,63 @@ impl Registry {
         body: RegisterBody,
         path_id: Option<&str>,
     ) -> Result<Registered, RegistryError> {
-        let reg = body
-            .validate(service, path_id, &self.policy)
+        let reg = self.validate(service, body, path_id)?;
+        let lease_ttl = reg.ttl.map(|t| t.as_duration());
+        self.write_registration(service, reg, lease_ttl, false)
+            .await
+    }
+
+    fn validate(
+        &self,
+        service: &str,
+        body: RegisterBody,
+        path_id: Option<&str>,
+    ) -> Result<Registration, RegistryError> {
+        body.validate(service, path_id, &self.policy)
             .map_err(|e| match e {
                 RegisterError::Invalid(v) => RegistryError::Invalid(v),
                 RegisterError::Forbidden(m) => RegistryError::Forbidden(m),
-            })?;
+            })
+    }
+
+    /// Registers an instance bound to a session: it lives on a lease of
+    /// `lease_ttl` that the session keeps alive and revokes when it ends.
+    pub async fn register_session(
+        &self,
+        service: &str,
+        body: RegisterBody,
+        lease_ttl: std::time::Duration,
+    ) -> Result<Registered, RegistryError> {
+        if body.ttl.is_some() {
+            return Err(muster_core::ValidationError::field(
+                "ttl",
+                "a session instance lives as long as its socket; leave ttl out",
+            )
+            .into());
+        }
+        let mut reg = self.validate(service, body, None)?;
+        reg.lifetime = muster_core::Lifetime::Session;
+        self.write_registration(service, reg, Some(lease_ttl), true)
+            .await
+    }
+
+    /// Writes a validated registration; with `lease_ttl` the instance lives on
+    /// a fresh lease. `always_write` skips the "identical, just renew" shortcut
+    /// (a session must own its lease).
+    async fn write_registration(
+        &self,
+        service: &str,
+        reg: Registration,
+        lease_ttl: Option<std::time::Duration>,
+        always_write: bool,
+    ) -> Result<Registered, RegistryError> {
         let key = keys::instance_key(service, &reg.id);
         for _ in 0..CAS_ATTEMPTS {
             let prev = self.entry(service, &reg.id);
             let prev_rec = prev.as_ref().map(record_of).transpose()?;
             let rec = InstanceRecord::new(reg.clone(), now(), prev_rec.as_ref());
             if let (Some(p), Some(pr)) = (&prev, &prev_rec)
+                && !always_write
                 && pr.same_definition(&rec)
             {
                 // Nothing a reader sees would change: renew instead of writing.
@@ -351,11 +399,12 @@ impl Registry {
                         instance: p.to_json(),
                         created: false,
                         revision: self.revision(),
+                        lease: p.lease,
                     });
                 }
             }
-            let lease = match reg.ttl {
-                Some(ttl) => Some(self.store.lease_grant(ttl.as_duration()).await?),
+            let lease = match lease_ttl {
+                Some(ttl) => Some(self.store.lease_grant(ttl).await?),
                 None => None,
             };
             let expected = prev.as_ref().map_or(0, |p| p.mod_revision);
@@ -396,6 +445,7 @@ impl Registry {
                 instance,
                 created: prev.is_none(),
                 revision: res.revision,
+                lease,
             });
         }
         Err(RegistryError::Conflict(format!(

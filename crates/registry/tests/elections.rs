@@ -201,9 +201,11 @@ async fn changes_become_custom_events() {
         for ev in &change.events {
             if let Some(e) = election_event(ev, at, change.revision) {
                 assert_eq!(e.kind, EventKind::Custom);
-                assert_eq!(e.service, "election:db");
+                assert_eq!(e.service, muster_core::BROADCAST);
                 assert_eq!(e.revision, change.revision);
-                holders.push(e.reason.unwrap());
+                let body = e.body.unwrap();
+                assert_eq!(body["name"], "db");
+                holders.push(body["holder"].as_str().unwrap_or("").to_string());
             }
         }
     }

@@ -29,13 +29,16 @@ pub struct Ready {
 pub struct AppState {
     ready: Arc<OnceLock<Ready>>,
     pub metrics: Arc<Metrics>,
+    /// WebSocket ping interval; a peer silent for three of them is dropped.
+    pub ping: std::time::Duration,
 }
 
 impl AppState {
-    pub fn new(metrics: Arc<Metrics>) -> AppState {
+    pub fn new(metrics: Arc<Metrics>, ping: std::time::Duration) -> AppState {
         AppState {
             ready: Arc::new(OnceLock::new()),
             metrics,
+            ping,
         }
     }
 
@@ -91,6 +94,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(api::instances::routes())
         .merge(api::checks::routes())
         .merge(api::feed::routes())
+        .merge(api::sessions::routes())
         .merge(api::elections::routes())
         .merge(ops::routes())
 }

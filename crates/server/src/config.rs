@@ -45,6 +45,9 @@ pub struct RawLimits {
 pub struct RawFeed {
     /// Revisions kept for `?from=` resumption and the event log.
     pub retain: Option<usize>,
+    /// How often WebSocket peers (watchers, sessions) are pinged; one silent
+    /// for three intervals is dropped.
+    pub ping: Option<toml::Value>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -102,6 +105,8 @@ pub struct Config {
     pub retain: usize,
     pub checks: CheckPolicy,
     pub health: HealthSettings,
+    /// WebSocket ping interval (a peer silent for 3 of them is dropped).
+    pub ping: Duration,
     pub grace: Duration,
 }
 
@@ -164,6 +169,7 @@ impl Config {
             retain: 100_000,
             checks: CheckPolicy::default(),
             health: HealthSettings::default(),
+            ping: Duration::from_secs(10),
             grace: Duration::from_secs(5),
         }
     }
@@ -224,6 +230,10 @@ impl TryFrom<RawConfig> for Config {
             Millis::from_secs(10),
             &mut errs,
         );
+        let ping = toml_duration("feed.ping", raw.feed.ping, Millis::from_secs(10), &mut errs);
+        if ping.0 < 100 {
+            errs.push("feed.ping must be at least 100ms".to_string());
+        }
         let mut health = HealthSettings::default();
         if let Some(c) = raw.checks.concurrency {
             if !(1..=65_536).contains(&c) {
@@ -290,6 +300,7 @@ impl TryFrom<RawConfig> for Config {
                 deny_targets: deny,
             },
             health,
+            ping: ping.as_duration(),
             grace: grace.as_duration(),
         })
     }

@@ -39,6 +39,7 @@ pub struct Metrics {
     instances: Family<InstanceLabels, Gauge>,
     revision: Gauge,
     watchers: Gauge,
+    sessions: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -78,6 +79,12 @@ impl Metrics {
             "Open change-feed subscriptions (WebSocket and SSE)",
             watchers.clone(),
         );
+        let sessions = Gauge::default();
+        registry.register(
+            "sessions",
+            "Open WebSocket sessions (session-bound instances)",
+            sessions.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             requests,
@@ -85,11 +92,16 @@ impl Metrics {
             instances,
             revision,
             watchers,
+            sessions,
         }
     }
 
     pub fn watchers(&self, delta: i64) {
         self.watchers.inc_by(delta);
+    }
+
+    pub fn sessions(&self, delta: i64) {
+        self.sessions.inc_by(delta);
     }
 
     /// Lets another component (the health engine) add its metrics.

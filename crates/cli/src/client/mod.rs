@@ -12,6 +12,7 @@
 //! only the outermost context of a chain.
 
 mod checks;
+mod coord;
 mod http;
 mod instances;
 mod services;
@@ -94,6 +95,13 @@ pub enum ClientCommand {
         #[arg(long, value_name = "N")]
         limit: Option<u32>,
     },
+    /// Show who leads an election, since when, and its term
+    Leader {
+        /// Election name
+        name: String,
+    },
+    /// Show this server's cluster: mode, node, leader and members
+    Cluster,
 }
 
 /// `muster service ...`
@@ -208,6 +216,8 @@ pub async fn run(opts: &ClientOpts, cmd: ClientCommand) -> Result<()> {
         ClientCommand::Probes { check, limit } => {
             checks::probes(&api, &check, limit, opts.json).await?
         }
+        ClientCommand::Leader { name } => coord::leader(&api, &name, opts.json).await?,
+        ClientCommand::Cluster => coord::cluster(&api, opts.json).await?,
     };
     print(&out)
 }

@@ -22,10 +22,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_events, send_event))
 }
 
-/// How often a WebSocket peer is pinged, and how long it may stay silent.
-const PING_EVERY: Duration = Duration::from_secs(15);
-const SILENT_LIMIT: Duration = Duration::from_secs(45);
-
 fn gone(e: SubscriptionError) -> Problem {
     match e {
         SubscriptionError::Gone { .. } => Problem::new(StatusCode::GONE, "gone", e.to_string()),
@@ -114,8 +110,9 @@ async fn watch(State(s): State<AppState>, q: Query, req: Request) -> ApiResult<R
             .await
             .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "invalid", e.to_string()))?;
         let metrics = s.metrics.clone();
+        let ping = s.ping;
         return Ok(ws.on_upgrade(move |socket| async move {
-            serve_ws(socket, sub).await;
+            serve_ws(socket, sub, ping).await;
             metrics.watchers(-1);
         }));
     }
@@ -148,8 +145,8 @@ fn closing(e: &SubscriptionError) -> String {
 
 /// Pushes the subscription down the socket; pings the peer and drops it when
 /// it stops answering.
-pub(crate) async fn serve_ws(mut socket: WebSocket, mut sub: Subscription) {
-    let mut ping = tokio::time::interval(PING_EVERY);
+pub(crate) async fn serve_ws(mut socket: WebSocket, mut sub: Subscription, every: Duration) {
+    let mut ping = tokio::time::interval(every);
     ping.tick().await;
     let mut last_heard = tokio::time::Instant::now();
     loop {
@@ -172,7 +169,7 @@ pub(crate) async fn serve_ws(mut socket: WebSocket, mut sub: Subscription) {
                 Some(Ok(_)) => last_heard = tokio::time::Instant::now(),
             },
             _ = ping.tick() => {
-                if last_heard.elapsed() > SILENT_LIMIT {
+                if last_heard.elapsed() > every * 3 {
                     tracing::info!("watcher stopped answering pings; closing");
                     return;
                 }

@@ -5,3 +5,4 @@ pub mod elections;
 pub mod feed;
 pub mod instances;
 pub mod services;
+pub mod sessions;
