@@ -15,6 +15,8 @@ use std::time::Duration;
 /// A connection to one muster server.
 pub struct Api {
     client: reqwest::Client,
+    /// For long-lived streams (the change feed): no overall timeout.
+    streams: reqwest::Client,
     /// Parsed address every path is appended to.
     base: Url,
     /// The address as the user wrote it (less a trailing `/`), for messages.
@@ -50,8 +52,14 @@ impl Api {
             .user_agent(concat!("muster-cli/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| anyhow!("cannot set up the HTTP client: {}", chain(&e)))?;
+        let streams = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(concat!("muster-cli/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| anyhow!("cannot set up the HTTP client: {}", chain(&e)))?;
         Ok(Api {
             client,
+            streams,
             base,
             shown: addr.trim_end_matches('/').to_string(),
             auth,
@@ -107,6 +115,22 @@ impl Api {
                 status.as_u16()
             )
         })
+    }
+
+    /// Opens a Server-Sent Events stream; a non-2xx answer is an error
+    /// carrying its status (`Err` text starts with `HTTP 410` for a gone revision).
+    pub async fn sse(&self, url: Url) -> Result<reqwest::Response> {
+        let mut req = self.streams.get(url).header("accept", "text/event-stream");
+        if let Some(auth) = &self.auth {
+            req = req.header(AUTHORIZATION, auth.clone());
+        }
+        let resp = req.send().await.map_err(|e| self.transport_error(&e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let bytes = resp.bytes().await.unwrap_or_default();
+            bail!("{}", problem_line(status, &bytes));
+        }
+        Ok(resp)
     }
 
     pub async fn get(&self, segments: &[&str], query: &[(&str, &str)]) -> Result<Value> {

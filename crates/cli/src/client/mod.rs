@@ -17,6 +17,7 @@ mod http;
 mod instances;
 mod services;
 mod table;
+mod watch;
 
 use anyhow::Result;
 use std::collections::BTreeMap;
@@ -80,6 +81,14 @@ pub enum ClientCommand {
         /// Why, recorded on the deregistration event
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
+    },
+    /// Follow the change feed (one line per event; NDJSON with --json)
+    Watch {
+        /// Services to watch (default all)
+        services: Vec<String>,
+        /// Resume after this revision instead of starting from a snapshot
+        #[arg(long, value_name = "REV")]
+        from: Option<u64>,
     },
     /// List health checks with their status
     Checks {
@@ -210,6 +219,10 @@ pub async fn run(opts: &ClientOpts, cmd: ClientCommand) -> Result<()> {
             id,
             reason,
         } => instances::deregister(&api, &service, &id, reason.as_deref(), opts.json).await?,
+        ClientCommand::Watch { services, from } => {
+            watch::follow(&api, &services, from, opts.json).await?;
+            String::new()
+        }
         ClientCommand::Checks { service } => {
             checks::list(&api, service.as_deref(), opts.json).await?
         }

@@ -29,11 +29,15 @@ impl Server {
         Server::start_with(&["--in-memory"])
     }
 
-    /// `muster server` with `extra` flags (e.g. `--data-dir DIR`) on free ports.
+    /// `muster server` with `extra` flags (e.g. `--data-dir DIR`) on free
+    /// ports, unless `extra` names an `--http-addr`.
     pub fn start_with(extra: &[&str]) -> Server {
         let mut cmd = Command::new(BIN);
-        cmd.args(["server", "--http-addr", "127.0.0.1:0"])
-            .args(extra)
+        cmd.arg("server");
+        if !extra.contains(&"--http-addr") {
+            cmd.args(["--http-addr", "127.0.0.1:0"]);
+        }
+        cmd.args(extra)
             // Port 0 for DNS too: the default 8600 would make tests running in
             // parallel collide with each other.
             .args(["--dns-addr", "127.0.0.1:0"])
