@@ -940,7 +940,16 @@ pub async fn fanout(s: &Settings, watchers: usize) -> Result<FanoutRow> {
     tokio::time::sleep(settle).await;
     let after = p.rss();
     crate::progress::set(format!("fanout: muster, {rounds} changes to {n} watchers"));
+    let (c0, h0) = (
+        crate::procs::cpu_of(p.pid),
+        crate::procs::cpu_of(std::process::id()),
+    );
     let (last, all) = fan_rounds(&mut changer, &mut rx, n, rounds).await?;
+    eprintln!(
+        "\nDIAG server cpu {:.3}s harness cpu {:.3}s",
+        crate::procs::cpu_of(p.pid) - c0,
+        crate::procs::cpu_of(std::process::id()) - h0
+    );
     let muster = side(&last, &all, before, after, n);
     tasks.iter().for_each(|h| h.abort());
     drop(changer);
@@ -970,7 +979,16 @@ pub async fn fanout(s: &Settings, watchers: usize) -> Result<FanoutRow> {
     tokio::time::sleep(settle).await;
     let after = e.rss();
     crate::progress::set(format!("fanout: etcd, {rounds} puts to {n} watches"));
+    let (c0, h0) = (
+        crate::procs::cpu_of(e.pid),
+        crate::procs::cpu_of(std::process::id()),
+    );
     let (last, all) = fan_rounds(&mut changer, &mut rx, n, rounds).await?;
+    eprintln!(
+        "\nDIAG server cpu {:.3}s harness cpu {:.3}s",
+        crate::procs::cpu_of(e.pid) - c0,
+        crate::procs::cpu_of(std::process::id()) - h0
+    );
     let etcd = side(&last, &all, before, after, n);
     tasks.iter().for_each(|h| h.abort());
     Ok(FanoutRow {

@@ -52,12 +52,13 @@ impl Hub {
         let (tx, _) = broadcast::channel(BUFFER);
         let hub = Hub { store, tx };
         let h = hub.clone();
-        tracker.spawn(async move { h.follow(cancel).await });
+        // Taken now, not when the task first runs: a write in between is kept.
+        let from = hub.store.current_revision() + 1;
+        tracker.spawn(async move { h.follow(from, cancel).await });
         hub
     }
 
-    async fn follow(self, cancel: CancellationToken) {
-        let mut from = self.store.current_revision() + 1;
+    async fn follow(self, mut from: Revision, cancel: CancellationToken) {
         loop {
             let mut watcher = match self.store.watch(from).await {
                 Ok(w) => w,

@@ -9,8 +9,12 @@
 //! too slow for its bounded buffer is cut off with the revision to resume
 //! from, instead of growing memory or slowing everyone else.
 //!
-//! Architecture Invariant: no HTTP here; the server maps subscriptions to
-//! WebSocket and SSE.
+//! [`webhooks`] delivers chosen events to configured URLs, signed, in order,
+//! retried, each webhook behind its own bounded queue.
+//!
+//! Architecture Invariant: no HTTP server code here (the server maps
+//! subscriptions to WebSocket and SSE); a slow consumer only loses its own
+//! events, never blocks the hub.
 #![forbid(unsafe_code)]
 
 mod hub;

@@ -360,7 +360,10 @@ async fn failed_attempts_are_retried_and_order_is_kept() {
     let stats = until(&hooks, |s| s[0].delivered == 20).await;
     assert_eq!(stats[0].failed_attempts, 3);
     assert_eq!((stats[0].dropped, stats[0].queued), (0, 0));
-    assert!(ep.hits.try_recv().is_err(), "each event is sent once it is accepted");
+    assert!(
+        ep.hits.try_recv().is_err(),
+        "each event is sent once it is accepted"
+    );
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@ use muster_core::check::CheckPolicy;
 use muster_core::duration::{self, Millis};
 use muster_core::health::FlapRule;
 use muster_core::net::IpNet;
+use muster_feed::webhooks::{self, Secret, WebhookConfig};
 use muster_health::influx::InfluxConfig;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -31,6 +32,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub shutdown: RawShutdown,
     pub influxdb: Option<RawInflux>,
+    #[serde(default)]
+    pub webhooks: Vec<RawWebhook>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -76,6 +79,27 @@ pub struct RawInflux {
     pub buffer: Option<usize>,
 }
 
+/// One `[[webhooks]]` entry: where to POST which events.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhook {
+    /// Its name in logs and metrics; defaults to the URL.
+    pub name: Option<String>,
+    pub url: Option<String>,
+    /// Event kinds sent; default: every kind but `snapshot`.
+    pub events: Option<Vec<String>>,
+    /// Services whose events are sent; default: all.
+    pub services: Option<Vec<String>>,
+    /// Key of the `X-Muster-Signature` HMAC; or `secret_file`, read at
+    /// startup with its trailing newline trimmed.
+    pub secret: Option<String>,
+    pub secret_file: Option<PathBuf>,
+    /// How long one delivery attempt may take: "10s" or milliseconds.
+    pub timeout: Option<toml::Value>,
+    /// Events held at most while the endpoint is slow or down.
+    pub queue: Option<usize>,
+}
+
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawShutdown {
@@ -108,6 +132,7 @@ pub struct Config {
     /// WebSocket ping interval (a peer silent for 3 of them is dropped).
     pub ping: Duration,
     pub grace: Duration,
+    pub webhooks: Vec<WebhookConfig>,
 }
 
 /// The health engine's settings.
@@ -151,6 +176,119 @@ fn toml_duration(
     }
 }
 
+/// `[[webhooks]]`, validated; each problem is added to `errs`.
+fn validate_webhooks(raw: Vec<RawWebhook>, errs: &mut Vec<String>) -> Vec<WebhookConfig> {
+    let mut out: Vec<WebhookConfig> = Vec::new();
+    for (i, w) in raw.into_iter().enumerate() {
+        let key = format!("webhooks[{i}]");
+        let before = errs.len();
+        let url = match w.url.as_deref().map(url::Url::parse) {
+            Some(Ok(u)) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(u),
+            Some(_) => {
+                errs.push(format!(
+                    "{key}.url: {:?} is not an http:// or https:// URL with a host",
+                    w.url.unwrap_or_default()
+                ));
+                None
+            }
+            None => {
+                errs.push(format!("{key}: needs url = \"https://host/path\""));
+                None
+            }
+        };
+        let kinds = w.events.map(|names| {
+            if names.is_empty() {
+                errs.push(format!(
+                    "{key}.events: name at least one kind, or leave it out for all"
+                ));
+            }
+            let mut kinds = Vec::new();
+            for k in names {
+                match webhooks::parse_kind(&k) {
+                    Ok(kind) => kinds.push(kind),
+                    Err(e) => errs.push(format!("{key}.events: {e}")),
+                }
+            }
+            kinds
+        });
+        let services = w.services.map(|names| {
+            if names.is_empty() {
+                errs.push(format!(
+                    "{key}.services: name at least one service, or leave it out for all"
+                ));
+            }
+            for n in &names {
+                if let Err(e) = muster_core::name::validate_service_name(n) {
+                    errs.push(format!("{key}.services: {e}"));
+                }
+            }
+            names.into_iter().collect()
+        });
+        let secret = match (w.secret, w.secret_file) {
+            (Some(_), Some(_)) => {
+                errs.push(format!(
+                    "{key}: secret and secret_file exclude each other: pick one"
+                ));
+                None
+            }
+            (Some(s), None) => Some(s.into_bytes()),
+            (None, Some(path)) => match std::fs::read(&path) {
+                Ok(mut bytes) => {
+                    // Files written by `echo` or an editor end in a newline
+                    // that is not part of the key.
+                    while bytes.last().is_some_and(|b| matches!(b, b'\n' | b'\r')) {
+                        bytes.pop();
+                    }
+                    Some(bytes)
+                }
+                Err(e) => {
+                    errs.push(format!(
+                        "{key}.secret_file: cannot read {}: {e}",
+                        path.display()
+                    ));
+                    None
+                }
+            },
+            (None, None) => None,
+        };
+        if secret.as_ref().is_some_and(|s| s.is_empty()) {
+            errs.push(format!("{key}: the secret is empty"));
+        }
+        let default_timeout = Millis(webhooks::DEFAULT_TIMEOUT.as_millis() as u64);
+        let timeout = toml_duration(&format!("{key}.timeout"), w.timeout, default_timeout, errs);
+        if timeout.0 == 0 {
+            errs.push(format!("{key}.timeout must be more than 0"));
+        }
+        let queue = w.queue.unwrap_or(webhooks::DEFAULT_QUEUE);
+        if !(1..=1_000_000).contains(&queue) {
+            errs.push(format!("{key}.queue must be 1-1000000"));
+        }
+        // Every problem of this entry is reported; a broken entry is not kept.
+        let Some(url) = url.filter(|_| errs.len() == before) else {
+            continue;
+        };
+        let mut hook = WebhookConfig::new(url);
+        if let Some(name) = w.name {
+            hook.name = name;
+        }
+        // The name labels its metrics: two webhooks must not share a series.
+        if hook.name.is_empty() || out.iter().any(|o| o.name == hook.name) {
+            errs.push(format!(
+                "{key}.name: {:?} is empty or already used; give each webhook its own name",
+                hook.name
+            ));
+            continue;
+        }
+        hook.kinds = kinds;
+        hook.services = services;
+        hook.secret = secret.map(Secret::new);
+        hook.timeout = timeout.as_duration();
+        hook.queue = queue;
+        out.push(hook);
+    }
+    out
+}
+
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8500";
 pub const DEFAULT_DNS_ADDR: &str = "127.0.0.1:8600";
 pub const DEFAULT_DATA_DIR: &str = "./muster-data";
@@ -171,6 +309,7 @@ impl Config {
             health: HealthSettings::default(),
             ping: Duration::from_secs(10),
             grace: Duration::from_secs(5),
+            webhooks: Vec::new(),
         }
     }
 }
@@ -234,6 +373,7 @@ impl TryFrom<RawConfig> for Config {
         if ping.0 < 100 {
             errs.push("feed.ping must be at least 100ms".to_string());
         }
+        let webhooks = validate_webhooks(raw.webhooks, &mut errs);
         let mut health = HealthSettings::default();
         if let Some(c) = raw.checks.concurrency {
             if !(1..=65_536).contains(&c) {
@@ -302,6 +442,7 @@ impl TryFrom<RawConfig> for Config {
             health,
             ping: ping.as_duration(),
             grace: grace.as_duration(),
+            webhooks,
         })
     }
 }
@@ -348,6 +489,100 @@ mod tests {
         assert!(
             check("[acl]\nenabled = true").is_err(),
             "ACLs must not be silently ignored"
+        );
+    }
+
+    #[test]
+    fn webhooks_parse_with_their_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "from-file\n").unwrap();
+        let c = check(&format!(
+            r#"
+            [[webhooks]]
+            name = "ops"
+            url = "http://127.0.0.1:9000/hook"
+            events = ["registered", "status_changed", "custom"]
+            services = ["web", "api"]
+            secret = "s3cret"
+            timeout = "2s"
+            queue = 50
+
+            [[webhooks]]
+            url = "https://hooks.example/muster"
+            secret_file = {key:?}
+            "#
+        ))
+        .unwrap();
+        let [ops, plain] = &c.webhooks[..] else {
+            panic!("{:?}", c.webhooks)
+        };
+        assert_eq!(ops.name, "ops");
+        assert_eq!(ops.url.as_str(), "http://127.0.0.1:9000/hook");
+        use muster_core::EventKind::*;
+        assert_eq!(ops.kinds, Some(vec![Registered, StatusChanged, Custom]));
+        assert_eq!(ops.services.as_ref().map(|s| s.len()), Some(2));
+        assert_eq!(ops.timeout, Duration::from_secs(2));
+        assert_eq!(ops.queue, 50);
+        assert!(
+            !format!("{ops:?}").contains("s3cret"),
+            "secrets stay out of logs"
+        );
+
+        assert_eq!(plain.name, "https://hooks.example/muster");
+        assert_eq!(
+            (plain.kinds.as_ref(), plain.services.as_ref()),
+            (None, None)
+        );
+        assert_eq!(plain.timeout, webhooks::DEFAULT_TIMEOUT);
+        assert_eq!(plain.queue, webhooks::DEFAULT_QUEUE);
+        assert!(plain.secret.is_some());
+        assert!(check("").unwrap().webhooks.is_empty());
+    }
+
+    #[test]
+    fn webhook_errors_are_reported_together() {
+        let e = check(
+            r#"
+            [[webhooks]]
+            url = "ftp://example.com/x"
+            events = ["registered", "snapshot", "renamed"]
+            services = ["Web"]
+            secret = "a"
+            secret_file = "/k"
+            timeout = "soon"
+            queue = 0
+
+            [[webhooks]]
+            name = "a"
+            url = "http://a.example/"
+            [[webhooks]]
+            name = "a"
+            url = "http://b.example/"
+            [[webhooks]]
+            secret_file = "/nonexistent/muster-key"
+            "#,
+        )
+        .unwrap_err();
+        for part in [
+            "webhooks[0].url",
+            "snapshot",
+            "\"renamed\" is not an event kind",
+            "webhooks[0].services",
+            "exclude each other",
+            "webhooks[0].timeout",
+            "webhooks[0].queue",
+            "webhooks[2].name",
+            "webhooks[3]: needs url",
+            "webhooks[3].secret_file",
+        ] {
+            assert!(e.contains(part), "{part:?} missing from: {e}");
+        }
+        assert!(!e.contains("webhooks[1]"), "{e}");
+        assert!(
+            check("[[webhooks]]\nurl = \"http://a/\"\nheaders = 1")
+                .unwrap_err()
+                .contains("unknown field")
         );
     }
 

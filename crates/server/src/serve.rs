@@ -6,6 +6,7 @@ use crate::app::{AppState, Ready, router};
 use crate::config::{Config, StoreConfig};
 use crate::metrics::Metrics;
 use muster_feed::Hub;
+use muster_feed::webhooks::Webhooks;
 use muster_health::history::ProbeHistory;
 use muster_health::influx::InfluxExporter;
 use muster_health::metrics::HealthMetrics;
@@ -158,7 +159,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
                     took_ms = t.elapsed().as_millis() as u64,
                     "registry ready"
                 );
+                let stop_webhooks = stop_hub.clone();
                 let hub = Hub::start(registry.store().clone(), &workers, stop_hub);
+                let hooks = config.webhooks.clone();
+                let webhooks = Webhooks::start(&hub, hooks, &workers, stop_webhooks);
+                state.metrics.register(|r| webhooks.register_metrics(r));
                 state.set_ready(Ready {
                     registry,
                     health,
@@ -196,9 +201,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             .await
             .is_err()
         {
-            tracing::warn!("health engine did not stop within the grace period");
+            tracing::warn!("background work did not stop within the grace period");
         }
-        tracing::info!("health engine stopped");
+        tracing::info!("background work stopped: health engine, feed hub, webhooks");
         if let (Ok(h), Some(path)) = (state.health(), &history_file) {
             match h.history().save(path) {
                 Ok(()) => tracing::info!(path = %path.display(), "probe history saved"),
