@@ -310,21 +310,23 @@ pub fn fanout_table(rows: &[FanoutRow]) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "| watchers | target | last watcher p50 ms | last watcher p99 ms | all deliveries p50 ms | all deliveries p99 ms | server memory per watcher |"
+        "| watchers | target | last watcher p50 ms | last watcher p99 ms | all deliveries p50 ms | all deliveries p99 ms | server memory per watcher | server CPU per change | harness CPU per change |"
     );
-    let _ = writeln!(t, "|--:|---|--:|--:|--:|--:|--:|");
+    let _ = writeln!(t, "|--:|---|--:|--:|--:|--:|--:|--:|--:|");
     for r in rows {
         for (target, s) in [("muster", &r.muster), ("etcd", &r.etcd)] {
             let _ = writeln!(
                 t,
-                "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
+                "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {:.1} ms | {:.1} ms |",
                 r.watchers,
                 target,
                 s.last_p50_ms,
                 s.last_p99_ms,
                 s.all_p50_ms,
                 s.all_p99_ms,
-                kb(s.bytes_per_watcher)
+                kb(s.bytes_per_watcher),
+                s.server_cpu_ms,
+                s.harness_cpu_ms
             );
         }
     }
@@ -360,7 +362,8 @@ pub fn fanout_table(rows: &[FanoutRow]) -> String {
          Latency runs from just before the change is sent to the harness reading a watcher's copy; \
          \"last watcher\" is per round (with {rounds} rounds, p99 is the worst round), \"all deliveries\" is over every copy of every round. \
          The harness reads every socket on the same cores as the server, so the last-watcher figure includes reading N messages. \
-         Memory: the server's VmRSS after opening every watcher minus before (both after one warm-up watcher and change, and a pause), over the number of watchers; KB = 1000 bytes."
+         Memory: the server's VmRSS after opening every watcher minus before (both after one warm-up watcher and change, and a pause), over the number of watchers; KB = 1000 bytes. \
+         CPU per change: user + system time over the rounds (from /proc), divided by the rounds."
     );
     let _ = writeln!(
         t,

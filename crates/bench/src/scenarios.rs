@@ -3,7 +3,7 @@
 //! what an etcd-backed registry would do for the same request.
 
 use crate::load::{self, Conn, MakeRequest, Recorder, Window, http_load, run_workers};
-use crate::procs::Proc;
+use crate::procs::{Proc, cpu_of};
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use etcd_client::{Client, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
@@ -646,6 +646,10 @@ pub struct FanoutSide {
     pub all_p99_ms: f64,
     /// The server's RSS added by opening the watchers, divided by their number.
     pub bytes_per_watcher: f64,
+    /// CPU time per change over the rounds, of the server and of this harness
+    /// (which reads every watcher's copy on the same cores).
+    pub server_cpu_ms: f64,
+    pub harness_cpu_ms: f64,
 }
 
 #[derive(Clone, Debug)]
@@ -744,15 +748,20 @@ impl Changer {
     }
 }
 
-/// `rounds` changes, one at a time, each waited for at every watcher.
+/// `rounds` changes, one at a time, each waited for at every watcher of
+/// `server`; `rss` is the server's memory before and after opening them.
 async fn fan_rounds(
+    server: &Proc,
     changer: &mut Changer,
     rx: &mut tokio::sync::mpsc::UnboundedReceiver<Seen>,
     watchers: usize,
     rounds: usize,
-) -> Result<(Histogram<u64>, Histogram<u64>)> {
+    rss: (u64, u64),
+) -> Result<FanoutSide> {
     let hist = || Histogram::<u64>::new_with_bounds(1, 60_000_000, 3);
     let (mut last, mut all) = (hist()?, hist()?);
+    let me = std::process::id();
+    let (server_cpu, harness_cpu) = (cpu_of(server.pid), cpu_of(me));
     for r in 0..rounds {
         let sent = tokio::time::Instant::now();
         changer.change(&format!("f-{r}"), r as u64).await?;
@@ -765,24 +774,17 @@ async fn fan_rounds(
         load::PROGRESS.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok((last, all))
-}
-
-fn side(
-    last: &Histogram<u64>,
-    all: &Histogram<u64>,
-    before: u64,
-    after: u64,
-    n: usize,
-) -> FanoutSide {
+    let per_change = |cpu: f64| cpu * 1000.0 / rounds as f64;
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    FanoutSide {
-        last_p50_ms: ms(last, 0.5),
-        last_p99_ms: ms(last, 0.99),
-        all_p50_ms: ms(all, 0.5),
-        all_p99_ms: ms(all, 0.99),
-        bytes_per_watcher: after.saturating_sub(before) as f64 / n as f64,
-    }
+    Ok(FanoutSide {
+        last_p50_ms: ms(&last, 0.5),
+        last_p99_ms: ms(&last, 0.99),
+        all_p50_ms: ms(&all, 0.5),
+        all_p99_ms: ms(&all, 0.99),
+        bytes_per_watcher: rss.1.saturating_sub(rss.0) as f64 / watchers as f64,
+        server_cpu_ms: per_change(cpu_of(server.pid) - server_cpu),
+        harness_cpu_ms: per_change(cpu_of(me) - harness_cpu),
+    })
 }
 
 /// One WebSocket watcher of service `fan`, its opening snapshot read.
@@ -940,17 +942,7 @@ pub async fn fanout(s: &Settings, watchers: usize) -> Result<FanoutRow> {
     tokio::time::sleep(settle).await;
     let after = p.rss();
     crate::progress::set(format!("fanout: muster, {rounds} changes to {n} watchers"));
-    let (c0, h0) = (
-        crate::procs::cpu_of(p.pid),
-        crate::procs::cpu_of(std::process::id()),
-    );
-    let (last, all) = fan_rounds(&mut changer, &mut rx, n, rounds).await?;
-    eprintln!(
-        "\nDIAG server cpu {:.3}s harness cpu {:.3}s",
-        crate::procs::cpu_of(p.pid) - c0,
-        crate::procs::cpu_of(std::process::id()) - h0
-    );
-    let muster = side(&last, &all, before, after, n);
+    let muster = fan_rounds(&p, &mut changer, &mut rx, n, rounds, (before, after)).await?;
     tasks.iter().for_each(|h| h.abort());
     drop(changer);
     drop(p);
@@ -979,17 +971,7 @@ pub async fn fanout(s: &Settings, watchers: usize) -> Result<FanoutRow> {
     tokio::time::sleep(settle).await;
     let after = e.rss();
     crate::progress::set(format!("fanout: etcd, {rounds} puts to {n} watches"));
-    let (c0, h0) = (
-        crate::procs::cpu_of(e.pid),
-        crate::procs::cpu_of(std::process::id()),
-    );
-    let (last, all) = fan_rounds(&mut changer, &mut rx, n, rounds).await?;
-    eprintln!(
-        "\nDIAG server cpu {:.3}s harness cpu {:.3}s",
-        crate::procs::cpu_of(e.pid) - c0,
-        crate::procs::cpu_of(std::process::id()) - h0
-    );
-    let etcd = side(&last, &all, before, after, n);
+    let etcd = fan_rounds(&e, &mut changer, &mut rx, n, rounds, (before, after)).await?;
     tasks.iter().for_each(|h| h.abort());
     Ok(FanoutRow {
         watchers: n,

@@ -17,6 +17,9 @@ pub struct CheckSpec {
     pub service: Option<String>,
     /// `POST /api/v1/checks` only: the instance it belongs to.
     pub instance: Option<String>,
+    /// An explicit check id (unique on the server); default
+    /// `{service}:{instance}:{name}`. The Consul-compatible API sets Consul's ids.
+    pub id: Option<String>,
     /// Name unique within the instance; defaults to the kind (`http`, `tcp-2`, ...).
     pub name: Option<String>,
     /// URL probed with an HTTP request: 2xx passing, 429 warning, else critical.
@@ -313,8 +316,25 @@ impl CheckSpec {
                 "must not exceed failures_before_critical",
             );
         }
+        let id = match &self.id {
+            Some(id) => {
+                if id.is_empty()
+                    || id.len() > 256
+                    || id
+                        .chars()
+                        .any(|c| c.is_whitespace() || c.is_control() || c == '/')
+                {
+                    errs.push(
+                        format!("{field}.id"),
+                        "a check id is 1-256 characters without spaces or '/'",
+                    );
+                }
+                id.clone()
+            }
+            None => format!("{id_prefix}:{name}"),
+        };
         Ok(Some(CheckRecord {
-            id: format!("{id_prefix}:{name}"),
+            id,
             name,
             kind,
             interval,

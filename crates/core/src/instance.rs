@@ -52,6 +52,10 @@ pub struct RegisterBody {
     /// A health URL (the core.io seed's `health.url`): becomes an http check
     /// named `health` with the default interval, unless a check has that name.
     pub health: Option<String>,
+    /// Port 0 means "no port" (Consul allows registrations without one); the
+    /// native API requires a port, so this is never read from a request.
+    #[serde(skip)]
+    pub allow_no_port: bool,
 }
 
 /// A validated registration, ready to become a record.
@@ -109,7 +113,7 @@ impl RegisterBody {
         }
         errs.take("address", validate_address(&self.address));
         let port = match u16::try_from(self.port) {
-            Ok(p) if p > 0 => p,
+            Ok(p) if p > 0 || self.allow_no_port => p,
             _ => {
                 errs.push("port", format!("port must be 1-65535, got {}", self.port));
                 0

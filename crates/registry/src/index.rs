@@ -132,6 +132,9 @@ pub struct Index {
     pub services: BTreeMap<String, ServiceEntry>,
     /// Every check id and the instance it belongs to.
     pub checks: HashMap<Box<str>, CheckOwner>,
+    /// The revision that last changed each service (its definition or any
+    /// instance), kept after the service is gone: Consul's per-resource index.
+    pub modified: HashMap<String, Revision>,
 }
 
 impl Index {
@@ -142,6 +145,10 @@ impl Index {
         };
         for kv in &snap.kvs {
             idx.put(kv);
+            if let Some(service) = Self::service_of(&kv.key) {
+                let m = idx.modified.entry(service.to_string()).or_insert(0);
+                *m = (*m).max(kv.mod_revision);
+            }
         }
         idx
     }
@@ -150,15 +157,33 @@ impl Index {
         self.services.get(service)?.instances.get(id)
     }
 
-    /// Applies one change. Changes must arrive in revision order.
-    pub fn apply(&mut self, change: &Change) {
+    fn service_of(key: &[u8]) -> Option<&str> {
+        match keys::parse_key(key) {
+            Key::Service(name) => Some(name),
+            Key::Instance { service, .. } => Some(service),
+            Key::Other => None,
+        }
+    }
+
+    /// Applies one change (in revision order); returns the services it touched.
+    pub fn apply(&mut self, change: &Change) -> Vec<String> {
+        let mut touched: Vec<String> = Vec::new();
         for ev in &change.events {
             match ev.kind {
                 EventType::Put => self.put(&ev.kv),
                 EventType::Delete => self.delete(&ev.kv.key),
             }
+            if let Some(service) = Self::service_of(&ev.kv.key)
+                && !touched.iter().any(|t| t == service)
+            {
+                touched.push(service.to_string());
+            }
+        }
+        for s in &touched {
+            self.modified.insert(s.clone(), change.revision);
         }
         self.revision = change.revision;
+        touched
     }
 
     fn put(&mut self, kv: &KeyValue) {

@@ -35,6 +35,9 @@ pub struct Registry {
     applied: watch::Sender<Revision>,
     /// Every change, once the index has applied it (see [`Registry::subscribe`]).
     changes: broadcast::Sender<Arc<Change>>,
+    /// One wake-up per watched service, created by the first waiter
+    /// (Consul blocking queries): a change wakes only its own service's waiters.
+    service_wakers: parking_lot::Mutex<std::collections::HashMap<String, watch::Sender<Revision>>>,
     policy: CheckPolicy,
     cancel: CancellationToken,
 }
@@ -154,6 +157,7 @@ impl Registry {
             index: RwLock::new(index),
             applied,
             changes: broadcast::channel(4096).0,
+            service_wakers: Default::default(),
             policy,
             cancel: CancellationToken::new(),
         });
@@ -641,6 +645,76 @@ impl Registry {
         (idx.revision, out)
     }
 
+    // ----- blocking reads (Consul-compatible API) -----
+
+    fn wake_services(&self, touched: &[String], rev: Revision) {
+        let mut wakers = self.service_wakers.lock();
+        for s in touched {
+            if let Some(tx) = wakers.get(s) {
+                if tx.receiver_count() == 0 {
+                    wakers.remove(s);
+                } else {
+                    tx.send_replace(rev);
+                }
+            }
+        }
+    }
+
+    /// The revision that last changed `service` (0 if never seen).
+    pub fn service_index(&self, service: &str) -> Revision {
+        self.index
+            .read()
+            .modified
+            .get(service)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Waits until `service` changes past `index`, or `wait` passes.
+    pub async fn wait_service(&self, service: &str, index: Revision, wait: std::time::Duration) {
+        let mut rx = {
+            let mut wakers = self.service_wakers.lock();
+            wakers
+                .entry(service.to_string())
+                .or_insert_with(|| watch::channel(0).0)
+                .subscribe()
+        };
+        if self.service_index(service) > index {
+            return;
+        }
+        let _ = tokio::time::timeout(wait, rx.wait_for(|&r| r > index)).await;
+    }
+
+    /// Waits until anything changes past `index`, or `wait` passes.
+    pub async fn wait_any(&self, index: Revision, wait: std::time::Duration) {
+        let mut rx = self.applied.subscribe();
+        let _ = tokio::time::timeout(wait, rx.wait_for(|&r| r > index)).await;
+    }
+
+    /// The service an instance id belongs to (ids are unique per service;
+    /// the first match wins, in service-name order).
+    pub fn find_instance(&self, id: &str) -> Option<String> {
+        let idx = self.index.read();
+        idx.services
+            .iter()
+            .find(|(_, e)| e.instances.contains_key(id))
+            .map(|(name, _)| name.clone())
+    }
+
+    /// The decoded instances of a service with the revision each was last written at.
+    pub fn records(&self, service: &str) -> Vec<(InstanceRecord, Revision)> {
+        let idx = self.index.read();
+        idx.services
+            .get(service)
+            .map(|e| {
+                e.instances
+                    .values()
+                    .filter_map(|i| i.record().ok().map(|r| (r, i.mod_revision)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     // ----- checks -----
 
     /// Changes as the index applies them, for components that follow the
@@ -888,8 +962,9 @@ async fn follow(reg: Arc<Registry>, mut watcher: muster_store::Watcher) {
         };
         match next {
             Some(Ok(change)) => {
-                reg.index.write().apply(&change);
+                let touched = reg.index.write().apply(&change);
                 reg.applied.send_replace(change.revision);
+                reg.wake_services(&touched, change.revision);
                 let _ = reg.changes.send(change);
             }
             Some(Err(e)) => {

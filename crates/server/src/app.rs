@@ -96,6 +96,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(api::feed::routes())
         .merge(api::sessions::routes())
         .merge(api::elections::routes())
+        .merge(api::prometheus::routes())
         .merge(ops::routes())
 }
 
@@ -115,6 +116,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
                 async move { axum::Json(doc.as_ref().clone()) }
             }),
         )
+        .merge(crate::consul::router())
         .fallback(|| async { Problem::not_found("no such route; see /api/openapi.json") })
         .method_not_allowed_fallback(|| async {
             Problem::new(

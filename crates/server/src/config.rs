@@ -6,6 +6,7 @@ use muster_core::check::CheckPolicy;
 use muster_core::duration::{self, Millis};
 use muster_core::health::FlapRule;
 use muster_core::net::IpNet;
+use muster_dns::DnsConfig;
 use muster_feed::webhooks::{self, Secret, WebhookConfig};
 use muster_health::influx::InfluxConfig;
 use serde::Deserialize;
@@ -34,6 +35,20 @@ pub struct RawConfig {
     pub influxdb: Option<RawInflux>,
     #[serde(default)]
     pub webhooks: Vec<RawWebhook>,
+    #[serde(default)]
+    pub dns: RawDns,
+}
+
+/// `[dns]`: what the DNS interface answers (its address is `dns_addr`).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDns {
+    /// The domain answered besides `consul.`: "muster." by default.
+    pub domain: Option<String>,
+    /// TTL of every record: "5s" or milliseconds, whole seconds.
+    pub ttl: Option<toml::Value>,
+    /// Answer passing instances only, leaving warning ones out too.
+    pub only_passing: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -133,6 +148,7 @@ pub struct Config {
     pub ping: Duration,
     pub grace: Duration,
     pub webhooks: Vec<WebhookConfig>,
+    pub dns: DnsConfig,
 }
 
 /// The health engine's settings.
@@ -289,6 +305,39 @@ fn validate_webhooks(raw: Vec<RawWebhook>, errs: &mut Vec<String>) -> Vec<Webhoo
     out
 }
 
+/// `[dns]`, validated; each problem is added to `errs`.
+fn validate_dns(raw: RawDns, errs: &mut Vec<String>) -> DnsConfig {
+    let d = DnsConfig::default();
+    let domain = match raw.domain.as_deref().map(muster_dns::parse_domain) {
+        None => d.domain,
+        Some(Ok(domain)) => domain,
+        Some(Err(e)) => {
+            errs.push(format!("dns.domain: {e}"));
+            d.domain
+        }
+    };
+    let default_ttl = Millis(d.ttl.as_millis() as u64);
+    let ttl = toml_duration("dns.ttl", raw.ttl, default_ttl, errs).as_duration();
+    // DNS carries TTLs in seconds: a fraction would be silently dropped.
+    if ttl.subsec_millis() != 0 {
+        errs.push(format!(
+            "dns.ttl: {}ms is not a whole number of seconds",
+            ttl.as_millis()
+        ));
+    }
+    if ttl > muster_dns::MAX_TTL {
+        errs.push(format!(
+            "dns.ttl must be at most {}s: longer keeps gone instances in caches",
+            muster_dns::MAX_TTL.as_secs()
+        ));
+    }
+    DnsConfig {
+        domain,
+        ttl,
+        only_passing: raw.only_passing.unwrap_or(d.only_passing),
+    }
+}
+
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8500";
 pub const DEFAULT_DNS_ADDR: &str = "127.0.0.1:8600";
 pub const DEFAULT_DATA_DIR: &str = "./muster-data";
@@ -310,6 +359,7 @@ impl Config {
             ping: Duration::from_secs(10),
             grace: Duration::from_secs(5),
             webhooks: Vec::new(),
+            dns: DnsConfig::default(),
         }
     }
 }
@@ -374,6 +424,7 @@ impl TryFrom<RawConfig> for Config {
             errs.push("feed.ping must be at least 100ms".to_string());
         }
         let webhooks = validate_webhooks(raw.webhooks, &mut errs);
+        let dns = validate_dns(raw.dns, &mut errs);
         let mut health = HealthSettings::default();
         if let Some(c) = raw.checks.concurrency {
             if !(1..=65_536).contains(&c) {
@@ -443,6 +494,7 @@ impl TryFrom<RawConfig> for Config {
             ping: ping.as_duration(),
             grace: grace.as_duration(),
             webhooks,
+            dns,
         })
     }
 }
@@ -581,6 +633,32 @@ mod tests {
         assert!(!e.contains("webhooks[1]"), "{e}");
         assert!(
             check("[[webhooks]]\nurl = \"http://a/\"\nheaders = 1")
+                .unwrap_err()
+                .contains("unknown field")
+        );
+    }
+
+    #[test]
+    fn dns_section_parses_and_reports_its_errors() {
+        let c = check("").unwrap();
+        assert_eq!(c.dns.domain, "muster.");
+        assert_eq!(c.dns.ttl, Duration::from_secs(5));
+        assert!(!c.dns.only_passing);
+        let c =
+            check("[dns]\ndomain = \"SD.Example\"\nttl = \"30s\"\nonly_passing = true").unwrap();
+        assert_eq!(c.dns.domain, "sd.example.");
+        assert_eq!(c.dns.ttl, Duration::from_secs(30));
+        assert!(c.dns.only_passing);
+        assert_eq!(check("[dns]\nttl = 0").unwrap().dns.ttl, Duration::ZERO);
+        let e = check("[dns]\ndomain = \"a..b\"\nttl = \"1500ms\"").unwrap_err();
+        assert!(e.contains("dns.domain") && e.contains("dns.ttl"), "{e}");
+        assert!(
+            check("[dns]\nttl = \"2d\"")
+                .unwrap_err()
+                .contains("dns.ttl")
+        );
+        assert!(
+            check("[dns]\nport = 53")
                 .unwrap_err()
                 .contains("unknown field")
         );

@@ -10,6 +10,7 @@
 pub mod api;
 mod app;
 pub mod config;
+mod consul;
 mod extract;
 mod metrics;
 mod ops;

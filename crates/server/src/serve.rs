@@ -5,6 +5,7 @@
 use crate::app::{AppState, Ready, router};
 use crate::config::{Config, StoreConfig};
 use crate::metrics::Metrics;
+use muster_dns::DnsServer;
 use muster_feed::Hub;
 use muster_feed::webhooks::Webhooks;
 use muster_health::history::ProbeHistory;
@@ -28,6 +29,8 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Dns(#[from] muster_dns::DnsError),
     #[error("cannot open the store: {0}")]
     Store(String),
     #[error("server failed: {0}")]
@@ -88,6 +91,8 @@ fn start_health(
 /// A server that is up; `wait` returns once it has shut down.
 pub struct Running {
     pub http_addr: SocketAddr,
+    /// Where DNS is answered, over UDP and TCP alike.
+    pub dns_addr: SocketAddr,
     task: JoinHandle<Result<(), Error>>,
 }
 
@@ -121,16 +126,24 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             source,
         })?;
     let http_addr = listener.local_addr().map_err(Error::Serve)?;
+    // Bound now so a taken port fails the start; answered (SERVFAIL until
+    // the registry is ready) once the background work starts below.
+    let dns = DnsServer::bind(config.dns_addr, &config.dns).await?;
+    let dns_addr = dns.local_addr();
+    let dns_answerer = dns.answerer();
     // Open the store before serving: a locked or unreadable data dir should
     // fail the start, not leave a server that is never ready.
     let store = open_store(&config)?;
     let state = AppState::new(Arc::new(Metrics::new()), config.ping);
     let app = router(state.clone(), config.body_limit);
     tracing::info!(addr = %http_addr, "listening on http://{http_addr}");
+    tracing::info!(addr = %dns_addr, "dns listening on {dns_addr}");
     let task = tokio::spawn(async move {
         // Background work (the health engine) is tracked and stopped in order.
         let workers = TaskTracker::new();
         let stop_workers = CancellationToken::new();
+        // DNS stops with the background work, after HTTP has drained.
+        dns.serve(&workers, stop_workers.clone());
         let history_file = match &config.store {
             StoreConfig::Embedded { data_dir } => Some(data_dir.join(HISTORY_FILE)),
             StoreConfig::Memory => None,
@@ -164,6 +177,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
                 let hooks = config.webhooks.clone();
                 let webhooks = Webhooks::start(&hub, hooks, &workers, stop_webhooks);
                 state.metrics.register(|r| webhooks.register_metrics(r));
+                dns_answerer.set_registry(registry.clone());
                 state.set_ready(Ready {
                     registry,
                     health,
@@ -203,7 +217,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         {
             tracing::warn!("background work did not stop within the grace period");
         }
-        tracing::info!("background work stopped: health engine, feed hub, webhooks");
+        tracing::info!("background work stopped: health engine, feed hub, webhooks, dns");
         if let (Ok(h), Some(path)) = (state.health(), &history_file) {
             match h.history().save(path) {
                 Ok(()) => tracing::info!(path = %path.display(), "probe history saved"),
@@ -220,5 +234,80 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         tracing::info!("store closed");
         result
     });
-    Ok(Running { http_addr, task })
+    Ok(Running {
+        http_addr,
+        dns_addr,
+        task,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A DNS query for `name` (type A, class IN), by hand: the server crate
+    /// has no DNS client, and this is all a smoke test needs.
+    fn query(id: u16, name: &str) -> Vec<u8> {
+        let mut q = id.to_be_bytes().to_vec();
+        q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+        for label in name.trim_end_matches('.').split('.') {
+            q.push(label.len() as u8);
+            q.extend_from_slice(label.as_bytes());
+        }
+        q.extend_from_slice(&[0, 0, 1, 0, 1]);
+        q
+    }
+
+    /// The response code of the answer to `name`.
+    async fn rcode(addr: SocketAddr, name: &str) -> u8 {
+        let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        s.send_to(&query(7, name), addr).await.unwrap();
+        let mut buf = [0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.recv(&mut buf))
+            .await
+            .expect("the DNS listener did not answer")
+            .unwrap();
+        assert!(n >= 12 && buf[..2] == 7u16.to_be_bytes());
+        buf[3] & 0x0f
+    }
+
+    #[tokio::test]
+    async fn dns_is_answered_from_the_registry_once_it_is_ready() {
+        let stop = CancellationToken::new();
+        let running = start(Config::for_tests(), stop.clone()).await.unwrap();
+        assert_ne!(running.dns_addr.port(), 0);
+        // SERVFAIL (2) until the index has loaded; then an unknown service
+        // is NXDOMAIN (3).
+        let mut code = 2;
+        for _ in 0..100 {
+            code = rcode(running.dns_addr, "nope.service.muster.").await;
+            if code != 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(code, 3);
+        // TCP listens on the same port.
+        tokio::net::TcpStream::connect(running.dns_addr)
+            .await
+            .unwrap();
+        stop.cancel();
+        running.wait().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_taken_dns_port_fails_the_start_and_says_so() {
+        let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let config = Config {
+            dns_addr: taken.local_addr().unwrap(),
+            ..Config::for_tests()
+        };
+        let Err(e) = start(config, CancellationToken::new()).await else {
+            panic!("started on a taken DNS port");
+        };
+        let e = e.to_string();
+        assert!(e.contains("cannot listen for DNS on udp"), "{e}");
+        assert!(e.contains("--dns-addr"), "{e}");
+    }
 }

@@ -16,6 +16,17 @@ use std::collections::HashSet;
 use std::time::Duration;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
+/// Read and write buffer of a feed or session WebSocket.
+pub(crate) const WS_BUFFER: usize = 4096;
+
+/// An event as a WebSocket text frame, sharing the serialized bytes (no copy per watcher).
+pub(crate) fn text(json: &bytes::Bytes) -> WsMessage {
+    match axum::extract::ws::Utf8Bytes::try_from(json.clone()) {
+        Ok(t) => WsMessage::Text(t),
+        Err(_) => WsMessage::Text(String::from_utf8_lossy(json).into_owned().into()),
+    }
+}
+
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(watch))
@@ -109,6 +120,9 @@ async fn watch(State(s): State<AppState>, q: Query, req: Request) -> ApiResult<R
         let ws = WebSocketUpgrade::from_request_parts(&mut parts, &s)
             .await
             .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "invalid", e.to_string()))?;
+        // Watchers only send pongs and closes: small buffers instead of the
+        // 128 KiB defaults, which dominated memory per watcher.
+        let ws = ws.read_buffer_size(WS_BUFFER).write_buffer_size(WS_BUFFER);
         let metrics = s.metrics.clone();
         let ping = s.ping;
         return Ok(ws.on_upgrade(move |socket| async move {
@@ -153,8 +167,7 @@ pub(crate) async fn serve_ws(mut socket: WebSocket, mut sub: Subscription, every
         tokio::select! {
             msg = sub.next() => match msg {
                 Ok(m) => {
-                    let text = String::from_utf8_lossy(&m.json).into_owned();
-                    if socket.send(WsMessage::Text(text.into())).await.is_err() {
+                    if socket.send(text(&m.json)).await.is_err() {
                         return;
                     }
                 }

@@ -4,5 +4,6 @@ pub mod checks;
 pub mod elections;
 pub mod feed;
 pub mod instances;
+pub mod prometheus;
 pub mod services;
 pub mod sessions;

@@ -50,6 +50,9 @@ async fn session(
         )
     })?;
     s.registry()?;
+    let ws = ws
+        .read_buffer_size(super::feed::WS_BUFFER)
+        .write_buffer_size(super::feed::WS_BUFFER);
     Ok(ws.on_upgrade(move |socket| run(socket, s)))
 }
 
@@ -171,7 +174,7 @@ async fn run(mut socket: WebSocket, s: AppState) {
             tokio::select! {
                 msg = sub.next() => match msg {
                     Ok(m) => {
-                        if socket.send(Message::Text(String::from_utf8_lossy(&m.json).into_owned().into())).await.is_err() {
+                        if socket.send(super::feed::text(&m.json)).await.is_err() {
                             break "peer gone";
                         }
                     }
