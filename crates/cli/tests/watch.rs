@@ -87,6 +87,42 @@ fn watch_follows_and_resumes_after_a_restart() {
     );
     register(&server.addr, "w4");
     assert_eq!(next()["instance"]["id"], "w4");
+    // `muster event send` reaches the watcher in order with the rest.
+    let out = Command::new(BIN)
+        .args([
+            "event",
+            "send",
+            "deploy",
+            r#"{"version":"2.1"}"#,
+            "--service",
+            "web",
+        ])
+        .env("MUSTER_ADDR", &server.addr)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let e = next();
+    assert_eq!(
+        (
+            e["kind"].clone(),
+            e["type"].clone(),
+            e["body"]["version"].clone()
+        ),
+        (json!("custom"), json!("deploy"), json!("2.1"))
+    );
+    let usage = Command::new(BIN)
+        .args(["event", "send", "x", "y"])
+        .env("MUSTER_ADDR", &server.addr)
+        .output()
+        .unwrap();
+    assert!(
+        !usage.status.success(),
+        "a service or --broadcast is required"
+    );
     let _ = watch.kill();
     let _ = watch.wait();
 }

@@ -13,6 +13,7 @@
 
 mod checks;
 mod coord;
+mod event;
 mod http;
 mod instances;
 mod services;
@@ -82,6 +83,11 @@ pub enum ClientCommand {
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
     },
+    /// Send a custom event
+    Event {
+        #[command(subcommand)]
+        command: EventCommand,
+    },
     /// Follow the change feed (one line per event; NDJSON with --json)
     Watch {
         /// Services to watch (default all)
@@ -111,6 +117,26 @@ pub enum ClientCommand {
     },
     /// Show this server's cluster: mode, node, leader and members
     Cluster,
+}
+
+/// `muster event ...`
+#[derive(clap::Subcommand, Debug)]
+pub enum EventCommand {
+    /// Send a custom event to watchers of some services, or to all
+    #[command(group = clap::ArgGroup::new("audience").required(true))]
+    Send {
+        /// Event type, e.g. deploy
+        #[arg(value_name = "TYPE")]
+        event_type: String,
+        /// Body: JSON, or text sent as a JSON string
+        body: String,
+        /// A service to tell (repeatable)
+        #[arg(long = "service", value_name = "S", group = "audience")]
+        services: Vec<String>,
+        /// Tell every watcher
+        #[arg(long, group = "audience")]
+        broadcast: bool,
+    },
 }
 
 /// `muster service ...`
@@ -219,6 +245,22 @@ pub async fn run(opts: &ClientOpts, cmd: ClientCommand) -> Result<()> {
             id,
             reason,
         } => instances::deregister(&api, &service, &id, reason.as_deref(), opts.json).await?,
+        ClientCommand::Event {
+            command:
+                EventCommand::Send {
+                    event_type,
+                    body,
+                    services,
+                    broadcast,
+                },
+        } => {
+            event::send(
+                &api,
+                &event::body(&event_type, &body, &services, broadcast),
+                opts.json,
+            )
+            .await?
+        }
         ClientCommand::Watch { services, from } => {
             watch::follow(&api, &services, from, opts.json).await?;
             String::new()
