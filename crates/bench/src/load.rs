@@ -99,6 +99,16 @@ where
     rec
 }
 
+/// A whole HTTP answer.
+pub struct Reply {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+}
+
+/// The answer to a request already handed to its connection.
+pub type ReplyFuture = Pin<Box<dyn Future<Output = Result<Reply>> + Send + 'static>>;
+
 /// One HTTP/1.1 keep-alive connection.
 pub struct Conn {
     sender: SendRequest<Full<Bytes>>,
@@ -126,6 +136,29 @@ impl Conn {
         path: &str,
         body: Option<Bytes>,
     ) -> Result<(u16, Bytes)> {
+        let reply = self.start(method, path, body).await?.await?;
+        Ok((reply.status, reply.body))
+    }
+
+    /// Like `send`, with the response's headers.
+    pub async fn send_full(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> Result<Reply> {
+        self.start(method, path, body).await?.await
+    }
+
+    /// Hands one request to the connection once it is ready, and returns at
+    /// once: the connection's task writes it while the returned future (the
+    /// whole answer) is pending. Keep the `Conn` until that future is done.
+    pub async fn start(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> Result<ReplyFuture> {
         self.sender.ready().await?;
         let mut req = Request::builder()
             .method(method)
@@ -135,10 +168,18 @@ impl Conn {
             req = req.header("content-type", "application/json");
         }
         let req = req.body(Full::new(body.unwrap_or_default()))?;
-        let resp = self.sender.send_request(req).await?;
-        let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await?.to_bytes();
-        Ok((status, body))
+        let resp = self.sender.send_request(req);
+        Ok(Box::pin(async move {
+            let resp = resp.await?;
+            let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
+            let body = resp.into_body().collect().await?.to_bytes();
+            Ok(Reply {
+                status,
+                headers,
+                body,
+            })
+        }))
     }
 
     /// Like `send`, but a non-2xx status is an error.

@@ -76,16 +76,23 @@ enum Scenario {
     Health,
     Scale,
     Fanout,
+    Blocking,
+    Dns,
 }
 
-const ALL: [Scenario; 6] = [
+const ALL: [Scenario; 8] = [
     Scenario::Registration,
     Scenario::Heartbeat,
     Scenario::Discovery,
     Scenario::Health,
     Scenario::Scale,
     Scenario::Fanout,
+    Scenario::Blocking,
+    Scenario::Dns,
 ];
+
+/// Closed-loop UDP senders of the DNS scenario.
+const DNS_SENDERS: usize = 32;
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -140,6 +147,8 @@ async fn run_inner(scenarios: Vec<Scenario>, args: RunArgs) -> Result<()> {
     let mut scale = Vec::new();
     let mut probes = None;
     let mut fanout = Vec::new();
+    let mut blocking = None;
+    let mut dns = Vec::new();
     for s in &scenarios {
         match s {
             Scenario::Registration => {
@@ -168,6 +177,8 @@ async fn run_inner(scenarios: Vec<Scenario>, args: RunArgs) -> Result<()> {
                     fanout.push(scenarios::fanout(&settings, n).await?);
                 }
             }
+            Scenario::Blocking => blocking = Some(scenarios::blocking(&settings).await?),
+            Scenario::Dns => dns = scenarios::dns(&settings, DNS_SENDERS).await?,
         }
     }
     progress::done();
@@ -177,6 +188,12 @@ async fn run_inner(scenarios: Vec<Scenario>, args: RunArgs) -> Result<()> {
     }
     if !fanout.is_empty() {
         println!("{}", report::fanout_table(&fanout));
+    }
+    if let Some(b) = &blocking {
+        println!("{}", report::blocking_table(b));
+    }
+    if !dns.is_empty() {
+        println!("{}", report::dns_table(&dns));
     }
     let out = args.out.unwrap_or_else(|| {
         if settings.quick {
@@ -204,6 +221,14 @@ async fn run_inner(scenarios: Vec<Scenario>, args: RunArgs) -> Result<()> {
     if !fanout.is_empty() {
         md.push('\n');
         md.push_str(&report::fanout_table(&fanout));
+    }
+    if let Some(b) = &blocking {
+        md.push('\n');
+        md.push_str(&report::blocking_table(b));
+    }
+    if !dns.is_empty() {
+        md.push('\n');
+        md.push_str(&report::dns_table(&dns));
     }
     report::write_markdown(&out, &md)?;
     eprintln!("report written to {}", out.display());

@@ -17,6 +17,8 @@ pub struct Proc {
     pub pid: u32,
     /// `host:port` it serves on.
     pub addr: String,
+    /// muster's DNS `host:port` (UDP and TCP), as it logged it.
+    pub dns_addr: Option<String>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -47,24 +49,54 @@ pub fn free_port() -> Result<u16> {
         .port())
 }
 
-/// Reads lines from a child's output until one says `listening on http://ADDR`.
+/// The address logged after `marker` on `line`, if the line has it.
+fn logged_addr(line: &str, marker: &str) -> Option<String> {
+    let i = line.find(marker)?;
+    let addr: String = line[i + marker.len()..]
+        .chars()
+        .take_while(|c| !c.is_whitespace())
+        .collect();
+    (!addr.is_empty()).then_some(addr)
+}
+
+const HTTP_MARKER: &str = "listening on http://";
+const DNS_MARKER: &str = "dns listening on ";
+
+/// Reads lines from a child's output until one says `listening on http://ADDR`;
+/// with `dns`, also the `dns listening on ADDR` line muster logs beside it
+/// (`None` when it does not come within 2 s of the HTTP line).
 async fn await_listening(
     name: &str,
     out: impl tokio::io::AsyncRead + Unpin + Send + 'static,
-) -> Result<String> {
+    dns: bool,
+) -> Result<(String, Option<String>)> {
     let mut lines = BufReader::new(out).lines();
+    let mut dns_addr = None;
     let found = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(line) = lines.next_line().await? {
-            if let Some(i) = line.find("listening on http://") {
-                let rest = &line[i + "listening on http://".len()..];
-                let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
-                return Ok::<_, std::io::Error>(Some(addr));
+            if let Some(a) = logged_addr(&line, DNS_MARKER) {
+                dns_addr = Some(a);
+            } else if let Some(a) = logged_addr(&line, HTTP_MARKER) {
+                return Ok::<_, std::io::Error>(Some(a));
             }
         }
         Ok(None)
     })
     .await
     .with_context(|| format!("{name} did not start within 30s"))??;
+    if dns && dns_addr.is_none() && found.is_some() {
+        dns_addr = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(a) = logged_addr(&line, DNS_MARKER) {
+                    return Some(a);
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten();
+    }
     // Keep draining so the child never blocks on a full pipe; with
     // MUSTER_BENCH_LOG set, show what it says.
     let show = std::env::var_os("MUSTER_BENCH_LOG").is_some();
@@ -75,7 +107,8 @@ async fn await_listening(
             }
         }
     });
-    found.with_context(|| format!("{name} exited before listening"))
+    let http = found.with_context(|| format!("{name} exited before listening"))?;
+    Ok((http, dns_addr))
 }
 
 impl Proc {
@@ -106,12 +139,14 @@ impl Proc {
             .spawn()
             .with_context(|| format!("cannot start {}", bin.display()))?;
         let pid = child.id().context("muster has no pid")?;
-        let addr = await_listening("muster", child.stderr.take().context("no stderr")?).await?;
+        let stderr = child.stderr.take().context("no stderr")?;
+        let (addr, dns_addr) = await_listening("muster", stderr, true).await?;
         let p = Proc {
             name: "muster",
             child,
             pid,
             addr,
+            dns_addr,
             _dir: None,
         };
         p.wait_http_ok("/ready", Duration::from_secs(120)).await?;
@@ -172,6 +207,7 @@ impl Proc {
             child,
             pid,
             addr,
+            dns_addr: None,
             _dir: Some(dir),
         })
     }
@@ -188,13 +224,14 @@ impl Proc {
             .spawn()
             .context("cannot start the ceiling server")?;
         let pid = child.id().context("ceiling has no pid")?;
-        let addr =
-            await_listening("ceiling server", child.stdout.take().context("no stdout")?).await?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let (addr, _) = await_listening("ceiling server", stdout, false).await?;
         Ok(Proc {
             name: "ceiling",
             child,
             pid,
             addr,
+            dns_addr: None,
             _dir: None,
         })
     }

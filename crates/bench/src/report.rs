@@ -1,7 +1,7 @@
 //! Results: a table on stdout, docs/BENCHMARKS.md (between markers, so the
 //! hand-written analysis around them stays) and SVG charts.
 
-use crate::scenarios::{FanoutRow, Row, ScaleRow};
+use crate::scenarios::{BlockingRow, DnsRow, FanoutRow, Row, ScaleRow};
 use anyhow::Result;
 use plotters::prelude::*;
 use std::fmt::Write;
@@ -379,5 +379,99 @@ pub fn fanout_table(rows: &[FanoutRow]) -> String {
             r.requested, r.watchers
         );
     }
+    t
+}
+
+/// The blocking-query scenario: N idle Consul blocking queries on one service.
+pub fn blocking_table(b: &BlockingRow) -> String {
+    let per_query = b.rss_after.saturating_sub(b.rss_before) as f64 / b.queries.max(1) as f64;
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "| waiting blocking queries | server memory per query | server RSS before → after | server CPU while idle | woken by another service's change | all woken: p50 ms | p99 ms | max ms | server CPU for the wake-up |"
+    );
+    let _ = writeln!(t, "|--:|--:|--:|--:|---|--:|--:|--:|--:|");
+    let _ = writeln!(
+        t,
+        "| {} | {:.1} KB | {} → {} | {:.2} s over {:.0} s | {} ({} of {}) | {:.2} | {:.2} | {:.2} | {:.0} ms |",
+        b.queries,
+        per_query / 1000.0,
+        mib(b.rss_before),
+        mib(b.rss_after),
+        b.idle_cpu_s,
+        b.idle_secs,
+        if b.early == 0 { "no" } else { "**yes**" },
+        b.early,
+        b.queries,
+        b.wake_p50_ms,
+        b.wake_p99_ms,
+        b.wake_max_ms,
+        b.wake_cpu_ms
+    );
+    let _ = writeln!(
+        t,
+        "\nmuster with one instance in `blk` and one in `other`; {} keep-alive HTTP/1.1 connections (opened by {} tasks of the harness), each holding one \
+         `GET /v1/health/service/blk?index=I&wait=5m` with I the service's current `X-Consul-Index`. \
+         Memory: muster's VmRSS once every query was sent and 1 s had passed, minus before opening them (after one warm-up blocking query on a service of its own), over the number of queries; \
+         a connection's socket and buffers are part of it; KB = 1000 bytes. \
+         Idle CPU: user + system time (from /proc, 10 ms ticks) while they wait. \
+         Then an instance is registered in `other`: \"woken\" counts the queries that returned within {} ms of that (or at all before `blk` changed). \
+         Then an instance is registered in `blk` (`PUT`, acknowledged after fsync): the time from just before sending it until each query's whole answer (with an `X-Consul-Index` past I) was read; \
+         the harness reads every answer on the same cores as the server.",
+        b.queries, b.tasks, b.quiet_ms
+    );
+    if b.queries < b.requested {
+        let _ = writeln!(
+            t,
+            "\n**{} blocking queries were asked for; the open-file limit allowed {}.**",
+            b.requested, b.queries
+        );
+    }
+    t
+}
+
+/// The DNS scenario: A queries over UDP for a 100-instance service.
+pub fn dns_table(rows: &[DnsRow]) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "| query (UDP) | instances | senders | queries/s | p50 ms | p99 ms | p99.9 ms | server CPU s | harness CPU s | A records per answer | truncated (TC) | errors |"
+    );
+    let _ = writeln!(t, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    for r in rows {
+        let query = match r.edns {
+            None => "A, no EDNS (512-byte answers)".to_string(),
+            Some(size) => format!("A, EDNS0 OPT ({size}-byte payload)"),
+        };
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {:.2} | {:.2} | {:.1} | {} of {} | {} |",
+            query,
+            r.instances,
+            r.senders,
+            r.qps,
+            r.p50_ms,
+            r.p99_ms,
+            r.p999_ms,
+            r.cpu_s,
+            r.harness_cpu_s,
+            r.answers as f64 / r.responses.max(1) as f64,
+            r.truncated,
+            r.responses,
+            r.errors
+        );
+    }
+    let secs = rows.first().map_or(0.0, |r| r.secs);
+    let _ = writeln!(
+        t,
+        "\nmuster's own DNS server on UDP, service `dnsbench` with {} instances (IPv4 addresses, no checks), queried for `dnsbench.service.muster.` A by this harness's load generator: \
+         each sender has its own UDP socket and one query outstanding (closed loop; the query built by hand: header, QNAME, QTYPE A, QCLASS IN, plus an OPT record in the EDNS rows), \
+         checks the answer's id, QR and RCODE (NOERROR with at least one record, else an error; no answer within 1 s is an error). \
+         Latency from sending a query to reading its answer, over {secs:.0} s after the warm-up; CPU is user + system time over that window (from /proc), \
+         the harness's own shown too because it runs on the same cores. \
+         Without EDNS, 100 A records (~1.7 KB) do not fit 512 bytes: muster sends the records that fit with TC set (a resolver would retry over TCP; this harness does not), \
+         so those answers are counted apart. With an EDNS0 OPT record advertising 4096 bytes every answer holds all the records.",
+        rows.first().map_or(0, |r| r.instances)
+    );
     t
 }

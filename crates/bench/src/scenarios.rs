@@ -102,21 +102,32 @@ async fn measured<F>(
 where
     F: Future<Output = Result<Recorder>>,
 {
-    let window = Window::new(s.warmup, s.measure);
-    let pid_cpu = {
-        let pid = proc.pid;
-        let warm = window.warm_until;
-        let end = window.end;
-        tokio::spawn(async move {
-            tokio::time::sleep_until(warm).await;
-            let a = crate::procs::cpu_of(pid);
-            tokio::time::sleep_until(end).await;
-            crate::procs::cpu_of(pid) - a
-        })
-    };
+    measured_in(Window::new(s.warmup, s.measure), proc, load).await
+}
+
+/// `measured`, in a window already set.
+async fn measured_in<F>(
+    window: Window,
+    proc: &Proc,
+    load: impl FnOnce(Window) -> F,
+) -> Result<(Recorder, f64)>
+where
+    F: Future<Output = Result<Recorder>>,
+{
+    let pid_cpu = cpu_over(proc.pid, window);
     let rec = load(window).await?;
     let cpu = pid_cpu.await?;
     Ok((rec, cpu))
+}
+
+/// The CPU seconds process `pid` uses over the measured part of `window`.
+fn cpu_over(pid: u32, window: Window) -> tokio::task::JoinHandle<f64> {
+    tokio::spawn(async move {
+        tokio::time::sleep_until(window.warm_until).await;
+        let a = cpu_of(pid);
+        tokio::time::sleep_until(window.end).await;
+        cpu_of(pid) - a
+    })
 }
 
 async fn etcd_client(p: &Proc) -> Result<Client> {
@@ -981,4 +992,531 @@ pub async fn fanout(s: &Settings, watchers: usize) -> Result<FanoutRow> {
         muster,
         etcd,
     })
+}
+
+/// What the blocking-query scenario measured.
+#[derive(Clone, Debug)]
+pub struct BlockingRow {
+    /// Blocking queries held open at once, one connection each.
+    pub queries: usize,
+    /// What was asked for (more than `queries` when the open-file limit capped it).
+    pub requested: usize,
+    /// Harness tasks the connections were spread over.
+    pub tasks: usize,
+    /// muster's VmRSS before opening the queries and once they all wait.
+    pub rss_before: u64,
+    pub rss_after: u64,
+    /// muster's CPU seconds over `idle_secs` with every query waiting.
+    pub idle_secs: f64,
+    pub idle_cpu_s: f64,
+    /// Queries that returned before their own service changed: after
+    /// another service's change (within `quiet_ms`), or at all earlier.
+    pub early: usize,
+    pub quiet_ms: u64,
+    /// From sending the change of `blk` to each query's whole answer arriving.
+    pub wake_p50_ms: f64,
+    pub wake_p99_ms: f64,
+    pub wake_max_ms: f64,
+    /// muster's CPU from the change until the last answer arrived.
+    pub wake_cpu_ms: f64,
+}
+
+/// What a blocking-query task reports.
+enum Blk {
+    /// A query was handed to its connection.
+    Ready,
+    /// A query's whole answer arrived, at this time, with this X-Consul-Index.
+    Returned(tokio::time::Instant, u64),
+    Failed(String),
+}
+
+fn consul_index(reply: &load::Reply) -> Result<u64> {
+    let h = reply
+        .headers
+        .get("x-consul-index")
+        .context("no X-Consul-Index header")?;
+    h.to_str()?
+        .parse()
+        .with_context(|| format!("X-Consul-Index {h:?} is not a number"))
+}
+
+/// A Consul health read of `service`: its X-Consul-Index.
+async fn health_index(conn: &mut Conn, service: &str) -> Result<u64> {
+    let r = conn
+        .send_full(Method::GET, &format!("/v1/health/service/{service}"), None)
+        .await?;
+    if r.status != 200 {
+        bail!(
+            "GET /v1/health/service/{service}: HTTP {}: {}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    consul_index(&r)
+}
+
+async fn put_instance(conn: &mut Conn, service: &str, id: &str, n: u64) -> Result<()> {
+    conn.ok(
+        Method::PUT,
+        &format!("/api/v1/services/{service}/instances/{id}"),
+        Some(Bytes::from(instance_json(n, None))),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Opens `n` keep-alive connections over `tasks` tasks, each sending one
+/// `GET /v1/health/service/{service}?index={after}&wait=5m`, and reports
+/// each once handed to its connection and once answered.
+fn spawn_blocking_queries(
+    addr: &str,
+    service: &str,
+    after: u64,
+    n: usize,
+    tasks: usize,
+    tx: &tokio::sync::mpsc::UnboundedSender<Blk>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    use futures_util::StreamExt;
+    let tasks = tasks.clamp(1, n.max(1));
+    (0..tasks)
+        .map(|t| {
+            let share = n / tasks + usize::from(t < n % tasks);
+            let addr = addr.to_string();
+            let path = format!("/v1/health/service/{service}?index={after}&wait=5m");
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut waiting = futures_util::stream::FuturesUnordered::new();
+                // One connection at a time per task: a few connects in
+                // flight at once, never a burst past the listen backlog.
+                // The requests are written by each connection's own task,
+                // so they wait at the server while the rest open.
+                for _ in 0..share {
+                    let opened = async {
+                        let mut conn = Conn::open(&addr).await?;
+                        let reply = conn.start(Method::GET, &path, None).await?;
+                        Ok::<_, anyhow::Error>(async move {
+                            let r = reply.await;
+                            drop(conn);
+                            (tokio::time::Instant::now(), r)
+                        })
+                    };
+                    match opened.await {
+                        Ok(query) => {
+                            waiting.push(query);
+                            load::PROGRESS.fetch_add(1, Ordering::Relaxed);
+                            let _ = tx.send(Blk::Ready);
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Blk::Failed(format!("opening a query: {e:#}")));
+                            return;
+                        }
+                    }
+                }
+                while let Some((at, r)) = waiting.next().await {
+                    let seen = match r {
+                        Ok(reply) if reply.status == 200 => match consul_index(&reply) {
+                            Ok(i) => Blk::Returned(at, i),
+                            Err(e) => Blk::Failed(format!("{e:#}")),
+                        },
+                        Ok(reply) => Blk::Failed(format!(
+                            "a blocking query got HTTP {}: {}",
+                            reply.status,
+                            String::from_utf8_lossy(&reply.body)
+                        )),
+                        Err(e) => Blk::Failed(format!("a blocking query: {e:#}")),
+                    };
+                    let _ = tx.send(seen);
+                }
+            })
+        })
+        .collect()
+}
+
+/// The blocking queries' answers that arrive until `deadline`, or until
+/// `want` have; a failure ends the scenario.
+async fn blk_returns(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Blk>,
+    want: usize,
+    deadline: tokio::time::Instant,
+) -> Result<Vec<(tokio::time::Instant, u64)>> {
+    let mut got = Vec::new();
+    while got.len() < want {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(Blk::Returned(at, i))) => got.push((at, i)),
+            Ok(Some(Blk::Ready)) => {}
+            Ok(Some(Blk::Failed(e))) => bail!("{e}"),
+            Ok(None) => bail!("every blocking-query task ended"),
+            Err(_) => break,
+        }
+    }
+    Ok(got)
+}
+
+/// Waits until `n` blocking queries have been handed to their connections;
+/// any answer before that is an early return.
+async fn blk_ready(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Blk>,
+    n: usize,
+    within: Duration,
+) -> Result<usize> {
+    let (mut ready, mut early) = (0, 0);
+    let deadline = tokio::time::Instant::now() + within;
+    while ready < n {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(Blk::Ready)) => ready += 1,
+            Ok(Some(Blk::Returned(..))) => early += 1,
+            Ok(Some(Blk::Failed(e))) => bail!("{e}"),
+            Ok(None) => bail!("every blocking-query task ended"),
+            Err(_) => bail!("only {ready} of {n} blocking queries open after {within:?}"),
+        }
+    }
+    Ok(early)
+}
+
+/// 5,000 idle Consul blocking queries on one service (`--quick`: 200):
+/// muster's memory per waiting query, its CPU while they wait, whether a
+/// change to another service wakes any, and how long waking them all takes.
+pub async fn blocking(s: &Settings) -> Result<BlockingRow> {
+    let requested = if s.quick { 200 } else { 5_000 };
+    // The server holds one descriptor per query, plus some to spare.
+    let limit = usize::try_from(s.nofile).unwrap_or(usize::MAX);
+    let n = requested.min(limit.saturating_sub(256)).max(1);
+    if n < requested {
+        eprintln!(
+            "\nblocking: the open-file limit is {limit}; measuring {n} queries instead of {requested}"
+        );
+    }
+    let tasks = 8;
+    let settle = Duration::from_secs(1);
+    let idle = Duration::from_secs(if s.quick { 1 } else { 5 });
+    let quiet = Duration::from_millis(500);
+
+    crate::progress::set(format!("blocking: muster, opening {n} blocking queries"));
+    let (p, _dir) = fresh_muster(s).await?;
+    let mut conn = Conn::open(&p.addr).await?;
+    put_instance(&mut conn, "blk", "b-1", 1).await?;
+    put_instance(&mut conn, "other", "o-1", 2).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // Warm-up: one blocking query of a service of its own, woken by a
+    // change, so code and pools a blocking query first touches are not
+    // counted against the queries measured.
+    let warm_index = health_index(&mut conn, "warm").await?;
+    let warm = spawn_blocking_queries(&p.addr, "warm", warm_index, 1, 1, &tx);
+    blk_ready(&mut rx, 1, Duration::from_secs(30)).await?;
+    put_instance(&mut conn, "warm", "w-1", 3).await?;
+    let woke = blk_returns(
+        &mut rx,
+        1,
+        tokio::time::Instant::now() + Duration::from_secs(30),
+    )
+    .await?;
+    if woke.len() != 1 {
+        bail!("the warm-up blocking query did not return on its service's change");
+    }
+    warm.iter().for_each(|h| h.abort());
+    tokio::time::sleep(settle).await;
+
+    let index = health_index(&mut conn, "blk").await?;
+    let rss_before = p.rss();
+    let handles = spawn_blocking_queries(&p.addr, "blk", index, n, tasks, &tx);
+    let mut early = blk_ready(&mut rx, n, Duration::from_secs(300)).await?;
+    tokio::time::sleep(settle).await;
+    let rss_after = p.rss();
+
+    crate::progress::set(format!(
+        "blocking: {n} queries waiting, {}s idle",
+        idle.as_secs()
+    ));
+    let cpu0 = cpu_of(p.pid);
+    tokio::time::sleep(idle).await;
+    let idle_cpu_s = cpu_of(p.pid) - cpu0;
+
+    crate::progress::set(format!(
+        "blocking: another service changes, then blk wakes {n} queries"
+    ));
+    put_instance(&mut conn, "other", "o-2", 4).await?;
+    let quiet_until = tokio::time::Instant::now() + quiet;
+    early += blk_returns(&mut rx, n, quiet_until).await?.len();
+
+    let cpu0 = cpu_of(p.pid);
+    let sent = tokio::time::Instant::now();
+    put_instance(&mut conn, "blk", "b-2", 5).await?;
+    let want = n - early.min(n);
+    let got = blk_returns(&mut rx, want, sent + Duration::from_secs(60)).await?;
+    let wake_cpu_ms = (cpu_of(p.pid) - cpu0) * 1000.0;
+    if got.len() < want {
+        bail!(
+            "only {} of {want} blocking queries returned within 60 s of their service's change",
+            got.len()
+        );
+    }
+    if let Some((_, i)) = got.iter().find(|(_, i)| *i <= index) {
+        bail!("a blocking query returned X-Consul-Index {i}, not past {index}");
+    }
+    handles.iter().for_each(|h| h.abort());
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for (at, _) in &got {
+        hist.record((at.duration_since(sent).as_micros() as u64).max(1))?;
+    }
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    Ok(BlockingRow {
+        queries: n,
+        requested,
+        tasks,
+        rss_before,
+        rss_after,
+        idle_secs: idle.as_secs_f64(),
+        idle_cpu_s,
+        early,
+        quiet_ms: quiet.as_millis() as u64,
+        wake_p50_ms: ms(0.5),
+        wake_p99_ms: ms(0.99),
+        wake_max_ms: hist.max() as f64 / 1000.0,
+        wake_cpu_ms,
+    })
+}
+
+/// One run of the DNS load generator.
+#[derive(Clone, Debug)]
+pub struct DnsRow {
+    /// How the query asked: without EDNS (512-byte UDP answers) or with an
+    /// EDNS0 OPT record advertising 4096 bytes.
+    pub edns: Option<u16>,
+    pub instances: usize,
+    pub senders: usize,
+    pub qps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    /// muster's CPU seconds over the measured window, and this harness's.
+    pub cpu_s: f64,
+    pub harness_cpu_s: f64,
+    pub secs: f64,
+    /// Measured NOERROR responses, those with TC set, and their A records.
+    pub responses: u64,
+    pub truncated: u64,
+    pub answers: u64,
+    pub errors: u64,
+}
+
+/// A query for `name`'s A records, id 0 (set per query), built by hand: the
+/// 12-byte header (RD set, one question, an additional record with EDNS),
+/// QNAME, QTYPE A, QCLASS IN, then the OPT record when asked.
+fn dns_query(name: &str, edns: Option<u16>) -> Vec<u8> {
+    let mut q = vec![
+        0,
+        0,
+        0x01,
+        0x00,
+        0,
+        1,
+        0,
+        0,
+        0,
+        0,
+        0,
+        u8::from(edns.is_some()),
+    ];
+    for label in name.trim_end_matches('.').split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.push(0);
+    q.extend_from_slice(&[0, 1, 0, 1]);
+    if let Some(size) = edns {
+        // Root owner, TYPE OPT (41), CLASS = UDP payload size, TTL = extended
+        // RCODE 0, version 0, no flags; no options.
+        q.extend_from_slice(&[0, 0, 41]);
+        q.extend_from_slice(&size.to_be_bytes());
+        q.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    }
+    q
+}
+
+/// What the DNS senders count besides latency (measured window only).
+#[derive(Default)]
+struct DnsCounts {
+    responses: AtomicU64,
+    truncated: AtomicU64,
+    answers: AtomicU64,
+}
+
+/// One closed-loop DNS sender: its own UDP socket, connected to the server.
+struct DnsSender {
+    socket: tokio::net::UdpSocket,
+    query: Vec<u8>,
+    buf: Vec<u8>,
+    warm_until: tokio::time::Instant,
+    counts: Arc<DnsCounts>,
+}
+
+impl DnsSender {
+    async fn open(
+        server: &str,
+        query: Vec<u8>,
+        warm_until: tokio::time::Instant,
+        counts: Arc<DnsCounts>,
+    ) -> Result<DnsSender> {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+        socket
+            .connect(server)
+            .await
+            .with_context(|| format!("connect udp {server}"))?;
+        Ok(DnsSender {
+            socket,
+            query,
+            buf: vec![0; 65_535],
+            warm_until,
+            counts,
+        })
+    }
+
+    /// One query and its answer: (TC set, ANCOUNT).
+    async fn ask(&mut self, id: u16) -> Result<(bool, u16)> {
+        self.query[..2].copy_from_slice(&id.to_be_bytes());
+        self.socket.send(&self.query).await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            let len = tokio::time::timeout_at(deadline, self.socket.recv(&mut self.buf))
+                .await
+                .context("no answer within 1 s")??;
+            let r = &self.buf[..len];
+            if len < 12 {
+                bail!("a {len}-byte answer");
+            }
+            if u16::from_be_bytes([r[0], r[1]]) != id {
+                // A late answer to a query that timed out.
+                continue;
+            }
+            let flags = u16::from_be_bytes([r[2], r[3]]);
+            if flags & 0x8000 == 0 {
+                bail!("the answer is not a response (QR clear)");
+            }
+            let rcode = flags & 0x000f;
+            if rcode != 0 {
+                bail!("RCODE {rcode}");
+            }
+            return Ok((flags & 0x0200 != 0, u16::from_be_bytes([r[6], r[7]])));
+        }
+    }
+}
+
+fn dns_op(s: &mut DnsSender, seq: u64) -> load::OpFuture<'_> {
+    Box::pin(async move {
+        let measured = tokio::time::Instant::now() >= s.warm_until;
+        let (tc, answers) = s.ask(seq as u16).await?;
+        if answers == 0 {
+            bail!("NOERROR without answers");
+        }
+        if measured {
+            s.counts.responses.fetch_add(1, Ordering::Relaxed);
+            s.counts
+                .truncated
+                .fetch_add(u64::from(tc), Ordering::Relaxed);
+            s.counts
+                .answers
+                .fetch_add(u64::from(answers), Ordering::Relaxed);
+        }
+        Ok(())
+    })
+}
+
+/// DNS A queries over UDP for a 100-instance service: `senders` closed-loop
+/// senders, each with its own socket and one query outstanding; once
+/// without EDNS (answers cut to 512 bytes with TC) and once with EDNS0
+/// advertising 4096 bytes (all 100 records fit).
+pub async fn dns(s: &Settings, senders: usize) -> Result<Vec<DnsRow>> {
+    let instances: u64 = 100;
+    let name = "dnsbench.service.muster.";
+    let (p, _dir) = fresh_muster(s).await?;
+    let server = p
+        .dns_addr
+        .clone()
+        .context("muster did not log `dns listening on ADDR`: cannot find its DNS port")?;
+    crate::progress::set(format!("dns: registering {instances} instances"));
+    bulk_register(&p.addr, 8, instances, |i| {
+        (
+            Method::PUT,
+            format!("/api/v1/services/dnsbench/instances/d-{i}"),
+            instance_json(i + 1, None),
+        )
+    })
+    .await?;
+    // Every instance answered before measuring.
+    let mut probe = DnsSender::open(
+        &server,
+        dns_query(name, Some(4096)),
+        tokio::time::Instant::now(),
+        Arc::new(DnsCounts::default()),
+    )
+    .await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match probe.ask(1).await {
+            Ok((false, n)) if u64::from(n) == instances => break,
+            r if tokio::time::Instant::now() > deadline => {
+                bail!("{name} A over UDP with EDNS never answered {instances} records: {r:?}")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    drop(probe);
+
+    let mut rows = Vec::new();
+    let me = std::process::id();
+    for edns in [None, Some(4096)] {
+        crate::progress::set(format!(
+            "dns: {senders} UDP senders, A {name} {}",
+            if edns.is_some() {
+                "with EDNS0 4096"
+            } else {
+                "without EDNS"
+            }
+        ));
+        let counts = Arc::new(DnsCounts::default());
+        let window = Window::new(s.warmup, s.measure);
+        let mut states = Vec::with_capacity(senders);
+        for _ in 0..senders {
+            states.push(
+                DnsSender::open(
+                    &server,
+                    dns_query(name, edns),
+                    window.warm_until,
+                    counts.clone(),
+                )
+                .await?,
+            );
+        }
+        let harness = cpu_over(me, window);
+        let (rec, cpu_s) =
+            measured_in(window, &p, |w| load::run_workers(w, states, dns_op)).await?;
+        let harness_cpu_s = harness.await?;
+        let q = |x: f64| rec.hist.value_at_quantile(x) as f64 / 1000.0;
+        if rec.errors > 0 {
+            eprintln!(
+                "\ndns/{}: {} errors, first: {}",
+                if edns.is_some() { "edns" } else { "plain" },
+                rec.errors,
+                rec.first_error.as_deref().unwrap_or("?")
+            );
+        }
+        let secs = s.measure.as_secs_f64();
+        rows.push(DnsRow {
+            edns,
+            instances: instances as usize,
+            senders,
+            qps: rec.hist.len() as f64 / secs,
+            p50_ms: q(0.5),
+            p99_ms: q(0.99),
+            p999_ms: q(0.999),
+            cpu_s,
+            harness_cpu_s,
+            secs,
+            responses: counts.responses.load(Ordering::Relaxed),
+            truncated: counts.truncated.load(Ordering::Relaxed),
+            answers: counts.answers.load(Ordering::Relaxed),
+            errors: rec.errors,
+        });
+    }
+    Ok(rows)
 }

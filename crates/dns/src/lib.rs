@@ -16,6 +16,9 @@
 //!   below);
 //! - `<domain>` itself: its SOA.
 //!
+//! Service names may hold dots: `a.b.service.muster.` is the service `a.b`
+//! when the registry knows one, else the tag `a` of the service `b`.
+//!
 //! **SRV targets.** An instance whose address is an IP gets the target
 //! `<hex of the IP>.addr.<domain>` (`0a000005.addr.muster.` for 10.0.0.5,
 //! 32 hex digits for IPv6), as Consul names them, with its A/AAAA record in
@@ -97,13 +100,15 @@ pub fn parse_domain(text: &str) -> Result<String, String> {
 /// Errors that stop the DNS server from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
+    // The cause is in the message, not a `source`: the advice must come
+    // after it, and a chained source would print it twice.
     #[error(
-        "cannot listen for DNS on {proto} {addr}: {source}; free the port or choose another with --dns-addr"
+        "cannot listen for DNS on {proto} {addr}: {error}; free the port or choose another with --dns-addr"
     )]
     Bind {
         proto: &'static str,
         addr: std::net::SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 

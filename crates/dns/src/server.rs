@@ -49,10 +49,10 @@ impl DnsServer {
     /// over TCP at the same place.
     pub async fn bind(addr: SocketAddr, config: &DnsConfig) -> Result<DnsServer, DnsError> {
         let (udp, tcp) = bind_both(addr).await?;
-        let addr = udp.local_addr().map_err(|source| DnsError::Bind {
+        let addr = udp.local_addr().map_err(|error| DnsError::Bind {
             proto: "udp",
             addr,
-            source,
+            error,
         })?;
         Ok(DnsServer {
             udp: Arc::new(udp),
@@ -89,13 +89,7 @@ impl DnsServer {
 }
 
 async fn bind_both(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), DnsError> {
-    let err = |proto, addr| {
-        move |source| DnsError::Bind {
-            proto,
-            addr,
-            source,
-        }
-    };
+    let err = |proto, addr| move |error| DnsError::Bind { proto, addr, error };
     if addr.port() != 0 {
         let udp = UdpSocket::bind(addr).await.map_err(err("udp", addr))?;
         let tcp = TcpListener::bind(addr).await.map_err(err("tcp", addr))?;
