@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use muster_core::{BROADCAST, Event, EventKind};
-use muster_registry::events_of;
+use muster_registry::{Registry, events_of};
 use muster_store::{DynStore, Revision, StoreError};
 use std::sync::Arc;
 use tokio::sync::broadcast;
@@ -40,6 +40,7 @@ impl FeedItem {
 #[derive(Clone)]
 pub struct Hub {
     store: DynStore,
+    registry: Arc<Registry>,
     tx: broadcast::Sender<Arc<FeedItem>>,
 }
 
@@ -47,10 +48,14 @@ pub struct Hub {
 pub const BUFFER: usize = 16 * 1024;
 
 impl Hub {
-    /// Starts following the store from its current revision.
-    pub fn start(store: DynStore, tracker: &TaskTracker, cancel: CancellationToken) -> Hub {
+    /// Starts following the registry's store from its current revision.
+    pub fn start(registry: Arc<Registry>, tracker: &TaskTracker, cancel: CancellationToken) -> Hub {
         let (tx, _) = broadcast::channel(BUFFER);
-        let hub = Hub { store, tx };
+        let hub = Hub {
+            store: registry.store().clone(),
+            registry,
+            tx,
+        };
         let h = hub.clone();
         // Taken now, not when the task first runs: a write in between is kept.
         let from = hub.store.current_revision() + 1;
@@ -78,6 +83,9 @@ impl Hub {
                 match next {
                     Some(Ok(change)) => {
                         from = change.revision + 1;
+                        // Announce a change only once the index shows it, so a
+                        // watcher that reads right after an event sees it too.
+                        let _ = self.registry.caught_up(change.revision).await;
                         for e in events_of(&change) {
                             let _ = self.tx.send(Arc::new(FeedItem::of(&e)));
                         }

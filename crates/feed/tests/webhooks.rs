@@ -154,7 +154,7 @@ async fn world() -> World {
         .unwrap();
     let tracker = TaskTracker::new();
     let stop = CancellationToken::new();
-    let hub = Hub::start(registry.store().clone(), &tracker, stop.clone());
+    let hub = Hub::start(registry.clone(), &tracker, stop.clone());
     // The hub reads the revision it follows from when its task first runs;
     // until one of our own events comes through, a write could go unseen.
     let mut rx = hub.subscribe();

@@ -173,7 +173,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
                     "registry ready"
                 );
                 let stop_webhooks = stop_hub.clone();
-                let hub = Hub::start(registry.store().clone(), &workers, stop_hub);
+                let hub = Hub::start(registry.clone(), &workers, stop_hub);
                 let hooks = config.webhooks.clone();
                 let webhooks = Webhooks::start(&hub, hooks, &workers, stop_webhooks);
                 state.metrics.register(|r| webhooks.register_metrics(r));

@@ -1,38 +1,16 @@
 //! The native API over real HTTP: a server started on port 0, spoken to with
 //! reqwest. Every route, every error case, idempotency and filters.
 
-use muster_server::{Config, start};
-use reqwest::{Client, Method, Response, StatusCode};
+use muster_server::Config;
+use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
-struct Server {
-    base: String,
-    http: Client,
-    stop: CancellationToken,
-}
+mod common;
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
+use common::Server;
 
 async fn server_with(config: Config) -> Server {
-    let stop = CancellationToken::new();
-    let running = start(config, stop.clone()).await.unwrap();
-    let s = Server {
-        base: format!("http://{}", running.http_addr),
-        http: Client::new(),
-        stop,
-    };
-    for _ in 0..100 {
-        if s.call(Method::GET, "/ready", None).await.status() == StatusCode::OK {
-            return s;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    panic!("server never became ready");
+    common::start_ready(config).await
 }
 
 async fn server() -> Server {

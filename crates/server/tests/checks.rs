@@ -1,43 +1,21 @@
 //! The checks API over real HTTP, with a real HTTP target whose answer the
 //! test flips.
 
-use muster_server::{Config, start};
-use reqwest::{Client, Method, StatusCode};
+use muster_server::Config;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
-struct Server {
-    base: String,
-    http: Client,
-    stop: CancellationToken,
-}
+mod common;
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
+use common::Server;
 
 async fn server() -> Server {
-    let stop = CancellationToken::new();
     let mut config = Config::for_tests();
     config.checks.deny_targets = muster_core::net::IpNet::default_deny();
-    let running = start(config, stop.clone()).await.unwrap();
-    let s = Server {
-        base: format!("http://{}", running.http_addr),
-        http: Client::new(),
-        stop,
-    };
-    for _ in 0..200 {
-        if s.call(Method::GET, "/ready", None).await.0 == StatusCode::OK {
-            return s;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("not ready");
+    common::start_ready(config).await
 }
 
 impl Server {

@@ -1,41 +1,17 @@
 //! The Consul-compatible API: headers, body aliases and blocking queries
 //! over HTTP, and the real `py-consul` client driving it.
 
-use muster_server::{Config, start};
-use reqwest::{Client, StatusCode};
+use muster_server::Config;
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
-struct Server {
-    addr: String,
-    http: Client,
-    stop: CancellationToken,
-}
+mod common;
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
+use common::Server;
 
 async fn server() -> Server {
-    let stop = CancellationToken::new();
-    let running = start(Config::for_tests(), stop.clone()).await.unwrap();
-    let s = Server {
-        addr: running.http_addr.to_string(),
-        http: Client::new(),
-        stop,
-    };
-    for _ in 0..200 {
-        if let Ok(r) = s.http.get(format!("http://{}/ready", s.addr)).send().await
-            && r.status() == StatusCode::OK
-        {
-            return s;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("not ready");
+    common::start_ready(Config::for_tests()).await
 }
 
 impl Server {

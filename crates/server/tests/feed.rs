@@ -2,40 +2,18 @@
 //! against a real server.
 
 use futures_util::{SinkExt, StreamExt};
-use muster_server::{Config, start};
-use reqwest::{Client, Method, StatusCode};
+use muster_server::Config;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_util::sync::CancellationToken;
 
-struct Server {
-    addr: String,
-    http: Client,
-    stop: CancellationToken,
-}
+mod common;
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
+use common::Server;
 
 async fn server_with(config: Config) -> Server {
-    let stop = CancellationToken::new();
-    let running = start(config, stop.clone()).await.unwrap();
-    let s = Server {
-        addr: running.http_addr.to_string(),
-        http: Client::new(),
-        stop,
-    };
-    for _ in 0..200 {
-        if s.call(Method::GET, "/ready", None).await.0 == StatusCode::OK {
-            return s;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("not ready");
+    common::start_ready(config).await
 }
 
 impl Server {

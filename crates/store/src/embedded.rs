@@ -240,7 +240,7 @@ impl EmbeddedStore {
             writer: Mutex::new(None),
         });
         let writer = Writer {
-            db,
+            db: Some(db),
             shared: shared.clone(),
             opts,
         };
@@ -435,9 +435,26 @@ impl Store for EmbeddedStore {
 
 /// The writer thread's state.
 struct Writer {
-    db: Arc<Database>,
+    /// `None` after an I/O error until the database is reopened.
+    db: Option<Arc<Database>>,
     shared: Arc<Shared>,
     opts: EmbeddedOptions,
+}
+
+/// A command with its answer moved into the batch's `pending` list (at `slot`),
+/// so every caller is answered whatever fails, and however early.
+enum Work {
+    Txn(Txn, usize),
+    PersistGrant(LeaseId, Duration),
+    Revoke {
+        id: LeaseId,
+        only_if_expired: bool,
+        slot: usize,
+    },
+}
+
+fn not_applied() -> StoreError {
+    StoreError::Unavailable("the batch was not applied".into())
 }
 
 /// An answer held back until the batch is durable.
@@ -483,9 +500,37 @@ impl Writer {
     fn commit_batch(&mut self, batch: Vec<Cmd>) {
         let base = self.shared.revision.load(Ordering::Acquire);
         let mut pending = Vec::with_capacity(batch.len());
-        let size = batch.len();
+        let work: Vec<Work> = batch
+            .into_iter()
+            .map(|cmd| match cmd {
+                Cmd::Txn(txn, reply) => {
+                    pending.push(Pending::Txn(reply, Err(not_applied())));
+                    Work::Txn(txn, pending.len() - 1)
+                }
+                Cmd::PersistGrant(id, ttl) => Work::PersistGrant(id, ttl),
+                Cmd::Revoke {
+                    id,
+                    only_if_expired,
+                    reply,
+                } => {
+                    pending.push(Pending::Revoke(reply, Err(not_applied())));
+                    Work::Revoke {
+                        id,
+                        only_if_expired,
+                        slot: pending.len() - 1,
+                    }
+                }
+            })
+            .collect();
+        let size = work.len();
         let started = Instant::now();
-        let outcome = self.apply_batch(batch, base, &mut pending);
+        let outcome = match self.db.clone().or_else(|| self.reopen()) {
+            Some(db) => self.apply_batch(&db, work, base, &mut pending),
+            None => Err(StoreError::Unavailable(format!(
+                "{} could not be reopened after an I/O error; writes are refused until it can be",
+                self.shared.path.display()
+            ))),
+        };
         tracing::trace!(
             commands = size,
             took_us = started.elapsed().as_micros() as u64,
@@ -506,18 +551,44 @@ impl Writer {
             }
             Err(e) => {
                 tracing::error!(error = %e, path = %self.shared.path.display(), "store commit failed; writes are refused until it succeeds");
-                // The batch applied lease changes in memory; reload them from
-                // what is actually on disk (grants not yet persisted are lost:
-                // writes naming them will answer LeaseNotFound).
-                match load_leases(&self.db) {
-                    Ok(l) => *self.shared.leases.leases.lock() = l,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot reload leases after a failed commit")
-                    }
-                }
                 for p in pending {
                     p.fail(e.clone());
                 }
+                // After an I/O error redb wants to be reopened; the failed batch
+                // left nothing on disk. Lease changes it made in memory are
+                // reloaded from what is on disk (grants not yet persisted are
+                // lost: writes naming them answer LeaseNotFound).
+                self.db = None;
+                if let Some(db) = self.reopen() {
+                    match load_leases(&db) {
+                        Ok(l) => *self.shared.leases.leases.lock() = l,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot reload leases after a failed commit")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drops every handle on the database and opens it again.
+    fn reopen(&mut self) -> Option<Arc<Database>> {
+        self.db = None;
+        self.shared.db.write().take();
+        let opened = Database::builder()
+            .set_cache_size(self.opts.cache_bytes)
+            .create(&self.shared.path);
+        match opened {
+            Ok(db) => {
+                let db = Arc::new(db);
+                *self.shared.db.write() = Some(db.clone());
+                self.db = Some(db.clone());
+                tracing::info!(path = %self.shared.path.display(), "store reopened");
+                Some(db)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, path = %self.shared.path.display(), "cannot reopen the store yet");
+                None
             }
         }
     }
@@ -526,11 +597,12 @@ impl Writer {
     /// collected in `pending`; the caller sends them once this returns.
     fn apply_batch(
         &mut self,
-        batch: Vec<Cmd>,
+        db: &Database,
+        batch: Vec<Work>,
         base: Revision,
-        pending: &mut Vec<Pending>,
+        pending: &mut [Pending],
     ) -> Result<(Revision, Revision, Vec<Arc<Change>>)> {
-        let mut wtx = self.db.begin_write().map_err(unavailable)?;
+        let mut wtx = db.begin_write().map_err(unavailable)?;
         wtx.set_durability(Durability::Immediate)
             .map_err(unavailable)?;
         let mut rev = base;
@@ -558,54 +630,64 @@ impl Writer {
                 }
                 Ok(Vec::new())
             };
-            for cmd in batch {
-                match cmd {
-                    Cmd::Txn(txn, reply) => {
-                        match apply_txn(&mut RedbTable(&mut kv), &mut leases, &txn, rev + 1, at) {
+            for work in batch {
+                match work {
+                    Work::Txn(txn, slot) => {
+                        let answer = match apply_txn(
+                            &mut RedbTable(&mut kv),
+                            &mut leases,
+                            &txn,
+                            rev + 1,
+                            at,
+                        ) {
                             Ok(applied) => {
                                 let succeeded = !matches!(applied, Applied::Failed);
                                 let events = record(applied, &mut rev, &mut hist)?;
-                                pending.push(Pending::Txn(
-                                    reply,
-                                    Ok(TxnResult {
-                                        succeeded,
-                                        revision: rev,
-                                        events,
-                                    }),
-                                ));
+                                Ok(TxnResult {
+                                    succeeded,
+                                    revision: rev,
+                                    events,
+                                })
                             }
-                            Err(e) if is_request_error(&e) => {
-                                pending.push(Pending::Txn(reply, Err(e)))
-                            }
-                            Err(e) => {
-                                pending.push(Pending::Txn(reply, Err(e.clone())));
-                                return Err(e);
-                            }
+                            Err(e) if is_request_error(&e) => Err(e),
+                            Err(e) => return Err(e),
+                        };
+                        if let Pending::Txn(_, result) = &mut pending[slot] {
+                            *result = answer;
                         }
                     }
-                    Cmd::PersistGrant(id, ttl) => {
+                    Work::PersistGrant(id, ttl) => {
                         // Revoked or expired before it reached the disk: nothing to keep.
                         if leases.map.contains_key(&id) {
                             let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
                             lt.insert(id.0, ttl_ms).map_err(unavailable)?;
                         }
                     }
-                    Cmd::Revoke {
+                    Work::Revoke {
                         id,
                         only_if_expired,
-                        reply,
+                        slot,
                     } => {
-                        if only_if_expired && !leases.is_expired(id, now) {
-                            pending.push(Pending::Revoke(reply, Ok(false)));
-                            continue;
-                        }
-                        match revoke_lease(&mut RedbTable(&mut kv), &mut leases, id, rev + 1, at)? {
-                            None => pending.push(Pending::Revoke(reply, Ok(false))),
-                            Some(applied) => {
-                                lt.remove(id.0).map_err(unavailable)?;
-                                record(applied, &mut rev, &mut hist)?;
-                                pending.push(Pending::Revoke(reply, Ok(true)));
+                        let answer = if only_if_expired && !leases.is_expired(id, now) {
+                            false
+                        } else {
+                            match revoke_lease(
+                                &mut RedbTable(&mut kv),
+                                &mut leases,
+                                id,
+                                rev + 1,
+                                at,
+                            )? {
+                                None => false,
+                                Some(applied) => {
+                                    lt.remove(id.0).map_err(unavailable)?;
+                                    record(applied, &mut rev, &mut hist)?;
+                                    true
+                                }
                             }
+                        };
+                        if let Pending::Revoke(_, result) = &mut pending[slot] {
+                            *result = Ok(answer);
                         }
                     }
                 }
