@@ -18,6 +18,7 @@ mod events;
 mod index;
 mod keys;
 mod registry;
+mod snapshot;
 mod view;
 
 pub use elections::{Campaign, CampaignBody, CandidateBody, Election, election_event};
@@ -26,6 +27,7 @@ pub use events::events_of;
 pub use index::CheckOwner;
 pub use index::{ServiceSummary, StatusCounts};
 pub use registry::{InstanceFilter, OwnedCheck, Registered, Registry, ServiceDetail};
+pub use snapshot::{Restored, SNAPSHOT_FORMAT, SNAPSHOT_VERSION, SnapshotDoc, SnapshotKey};
 pub use view::{InstanceJson, Volatile, list_json};
 
 /// `(service, instance id)` when a store key names an instance.

@@ -97,6 +97,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(api::sessions::routes())
         .merge(api::elections::routes())
         .merge(api::prometheus::routes())
+        .merge(api::snapshot::routes())
         .merge(ops::routes())
 }
 

@@ -56,6 +56,11 @@ pub struct RawDns {
 pub struct RawLimits {
     /// Largest request body accepted, in bytes (413 beyond).
     pub body_bytes: Option<usize>,
+    /// Open HTTP connections at most; the next waits before it is accepted.
+    pub connections: Option<usize>,
+    /// How long a client may take to send a request's headers (idle
+    /// keep-alive connections included) before the connection is closed.
+    pub header_timeout: Option<toml::Value>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -141,6 +146,10 @@ pub struct Config {
     pub dns_addr: SocketAddr,
     pub store: StoreConfig,
     pub body_limit: usize,
+    /// Open HTTP connections at most.
+    pub max_connections: usize,
+    /// Time allowed for a request's headers (and idle keep-alive time).
+    pub header_timeout: Duration,
     pub retain: usize,
     pub checks: CheckPolicy,
     pub health: HealthSettings,
@@ -353,6 +362,8 @@ impl Config {
             dns_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             store: StoreConfig::Memory,
             body_limit: DEFAULT_BODY_LIMIT,
+            max_connections: 10_000,
+            header_timeout: Duration::from_secs(10),
             retain: 100_000,
             checks: CheckPolicy::default(),
             health: HealthSettings::default(),
@@ -394,6 +405,19 @@ impl TryFrom<RawConfig> for Config {
             }
         };
         let body_limit = raw.limits.body_bytes.unwrap_or(DEFAULT_BODY_LIMIT);
+        let max_connections = raw.limits.connections.unwrap_or(10_000);
+        if max_connections == 0 {
+            errs.push("limits.connections must be at least 1".to_string());
+        }
+        let header_timeout = toml_duration(
+            "limits.header_timeout",
+            raw.limits.header_timeout.clone(),
+            Millis::from_secs(10),
+            &mut errs,
+        );
+        if header_timeout.0 < 100 {
+            errs.push("limits.header_timeout must be at least 100ms".to_string());
+        }
         if body_limit < 1024 {
             errs.push("limits.body_bytes must be at least 1024".to_string());
         }
@@ -485,6 +509,8 @@ impl TryFrom<RawConfig> for Config {
             dns_addr,
             store,
             body_limit,
+            max_connections,
+            header_timeout: header_timeout.as_duration(),
             retain,
             checks: CheckPolicy {
                 allow_exec: raw.checks.allow_exec.unwrap_or(false),

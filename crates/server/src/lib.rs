@@ -12,6 +12,7 @@ mod app;
 pub mod config;
 mod consul;
 mod extract;
+mod listener;
 mod metrics;
 mod ops;
 mod problem;

@@ -40,6 +40,8 @@ pub struct Metrics {
     revision: Gauge,
     watchers: Gauge,
     sessions: Gauge,
+    connections: Gauge,
+    connection_limit: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -79,6 +81,18 @@ impl Metrics {
             "Open change-feed subscriptions (WebSocket and SSE)",
             watchers.clone(),
         );
+        let connections = Gauge::default();
+        registry.register(
+            "http_connections",
+            "Open HTTP connections",
+            connections.clone(),
+        );
+        let connection_limit = Counter::default();
+        registry.register(
+            "http_connection_limit_reached",
+            "Times every connection permit was in use (limits.connections)",
+            connection_limit.clone(),
+        );
         let sessions = Gauge::default();
         registry.register(
             "sessions",
@@ -93,11 +107,21 @@ impl Metrics {
             revision,
             watchers,
             sessions,
+            connections,
+            connection_limit,
         }
     }
 
     pub fn watchers(&self, delta: i64) {
         self.watchers.inc_by(delta);
+    }
+
+    pub fn connections(&self, delta: i64) {
+        self.connections.inc_by(delta);
+    }
+
+    pub fn connection_limit_reached(&self) {
+        self.connection_limit.inc();
     }
 
     pub fn sessions(&self, delta: i64) {

@@ -185,24 +185,21 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
                 });
             })
         };
-        let serve = axum::serve(
+        let serve = tokio::spawn(crate::listener::serve(
             listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown({
-            let s = shutdown.clone();
-            async move { s.cancelled().await }
-        });
-        let serve = tokio::spawn(async move { serve.await });
+            app,
+            config.max_connections,
+            config.header_timeout,
+            shutdown.clone(),
+            state.metrics.clone(),
+        ));
         shutdown.cancelled().await;
         tracing::info!(
             grace_ms = config.grace.as_millis() as u64,
             "shutting down: no new connections, finishing in-flight requests"
         );
         let result = match tokio::time::timeout(config.grace, serve).await {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(e))) => Err(Error::Serve(e)),
-            Ok(Err(_)) => Ok(()),
+            Ok(_) => Ok(()),
             Err(_) => {
                 tracing::warn!("grace period over; dropping the connections still open");
                 Ok(())

@@ -17,6 +17,7 @@ mod event;
 mod http;
 mod instances;
 mod services;
+mod snapshot;
 mod table;
 mod watch;
 
@@ -117,6 +118,26 @@ pub enum ClientCommand {
     },
     /// Show this server's cluster: mode, node, leader and members
     Cluster,
+    /// Save the whole registry to a file, or restore it onto a fresh server
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
+}
+
+/// `muster snapshot ...`
+#[derive(clap::Subcommand, Debug)]
+pub enum SnapshotCommand {
+    /// Save a consistent copy of every key, taken while the server keeps serving
+    Save {
+        /// File to write (replaced atomically)
+        file: PathBuf,
+    },
+    /// Restore a saved snapshot; the server must hold no services, instances or elections
+    Restore {
+        /// File `muster snapshot save` wrote
+        file: PathBuf,
+    },
 }
 
 /// `muster event ...`
@@ -273,6 +294,10 @@ pub async fn run(opts: &ClientOpts, cmd: ClientCommand) -> Result<()> {
         }
         ClientCommand::Leader { name } => coord::leader(&api, &name, opts.json).await?,
         ClientCommand::Cluster => coord::cluster(&api, opts.json).await?,
+        ClientCommand::Snapshot { command } => match command {
+            SnapshotCommand::Save { file } => snapshot::save(&api, &file, opts.json).await?,
+            SnapshotCommand::Restore { file } => snapshot::restore(&api, &file, opts.json).await?,
+        },
     };
     print(&out)
 }

@@ -7,3 +7,4 @@ pub mod instances;
 pub mod prometheus;
 pub mod services;
 pub mod sessions;
+pub mod snapshot;
