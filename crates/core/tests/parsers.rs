@@ -62,7 +62,7 @@ proptest! {
         s in proptest::option::of(0u64..100_000),
         ms in proptest::option::of(0u64..1_000_000),
     ) {
-        prop_assume!(h.is_some() || m.is_some() || s.is_some() || ms.is_some());
+        // With no part at all the text is empty, which is refused.
         let mut t = String::new();
         let mut total: u64 = 0;
         for (part, unit, ms_per) in [(h, "h", 3_600_000), (m, "m", 60_000), (s, "s", 1000), (ms, "ms", 1)] {
@@ -71,7 +71,7 @@ proptest! {
                 total += n * ms_per;
             }
         }
-        if total <= MAX_MILLIS {
+        if !t.is_empty() && total <= MAX_MILLIS {
             prop_assert_eq!(duration::parse(&t), Ok(Millis(total)));
         } else {
             prop_assert!(duration::parse(&t).is_err());

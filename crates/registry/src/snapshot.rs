@@ -86,6 +86,7 @@ impl Registry {
     pub async fn export_snapshot(&self) -> Result<SnapshotDoc, RegistryError> {
         let snap = self.store().snapshot(b"").await?;
         let mut out = Vec::with_capacity(snap.kvs.len());
+        let mut left_out = 0usize;
         for kv in snap.kvs {
             let (Ok(key), Ok(value)) = (
                 String::from_utf8(kv.key.to_vec()),
@@ -98,7 +99,10 @@ impl Registry {
                 None => None,
                 Some(_) => match lease_ttl_of(&key, &value) {
                     Some(ttl) => Some(ttl),
-                    None => continue,
+                    None => {
+                        left_out += 1;
+                        continue;
+                    }
                 },
             };
             out.push(SnapshotKey {
@@ -107,6 +111,12 @@ impl Registry {
                 lease_ttl_ms,
             });
         }
+        tracing::info!(
+            revision = snap.revision,
+            keys = out.len(),
+            left_out,
+            "snapshot taken (session instances and election leaders left out)"
+        );
         Ok(SnapshotDoc {
             format: SNAPSHOT_FORMAT.into(),
             version: SNAPSHOT_VERSION,
@@ -176,6 +186,12 @@ impl Registry {
             revision = res.revision;
         }
         self.caught_up(revision).await?;
+        tracing::info!(
+            restored,
+            revision,
+            taken_at_revision = doc.revision,
+            "snapshot restored"
+        );
         Ok(Restored { restored, revision })
     }
 

@@ -243,4 +243,56 @@ mod tests {
         assert!(parse(br#"{"ID":"x"}"#).is_err());
         assert!(parse(b"not json").is_err());
     }
+
+    use proptest::prelude::*;
+
+    /// Depth-limited arbitrary JSON, biased towards the keys the parser reads.
+    fn json() -> impl Strategy<Value = Value> {
+        let key = prop_oneof![
+            Just("Name".to_string()),
+            Just("ID".to_string()),
+            Just("Port".to_string()),
+            Just("Check".to_string()),
+            Just("Checks".to_string()),
+            Just("TTL".to_string()),
+            Just("HTTP".to_string()),
+            Just("Interval".to_string()),
+            Just("Header".to_string()),
+            Just("Weights".to_string()),
+            Just("Meta".to_string()),
+            Just("Tags".to_string()),
+            "[a-zA-Z_]{1,12}",
+        ];
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            ".{0,20}".prop_map(Value::String),
+            "[0-9]{1,4}(ms|s|m|h)?".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 64, 8, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map(key.clone(), inner, 0..8)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn any_json_body_is_parsed_or_refused_never_a_panic(v in json()) {
+            let bytes = serde_json::to_vec(&v).unwrap();
+            let _ = parse(&bytes);
+        }
+
+        #[test]
+        fn any_bytes_are_refused_or_parsed(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let _ = parse(&bytes);
+        }
+    }
 }
