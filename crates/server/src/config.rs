@@ -37,6 +37,19 @@ pub struct RawConfig {
     pub webhooks: Vec<RawWebhook>,
     #[serde(default)]
     pub dns: RawDns,
+    #[serde(default)]
+    pub acl: RawAcl,
+}
+
+/// `[acl]`. Tokens are not in this build yet: `enabled = true` is refused
+/// rather than half-honoured, and so is any token key (unknown fields).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcl {
+    pub enabled: Option<bool>,
+    /// Without ACLs the server binds loopback only, unless this says the
+    /// operator means to expose it.
+    pub allow_open: Option<bool>,
 }
 
 /// `[dns]`: what the DNS interface answers (its address is `dns_addr`).
@@ -158,6 +171,8 @@ pub struct Config {
     pub grace: Duration,
     pub webhooks: Vec<WebhookConfig>,
     pub dns: DnsConfig,
+    /// Bind non-loopback addresses although no ACLs protect them.
+    pub allow_open: bool,
 }
 
 /// The health engine's settings.
@@ -371,6 +386,7 @@ impl Config {
             grace: Duration::from_secs(5),
             webhooks: Vec::new(),
             dns: DnsConfig::default(),
+            allow_open: false,
         }
     }
 }
@@ -501,6 +517,14 @@ impl TryFrom<RawConfig> for Config {
                 ),
             }
         }
+        if raw.acl.enabled == Some(true) {
+            errs.push(
+                "acl.enabled: ACL tokens are not available in this build yet; leave [acl] enabled out \
+                 and keep muster on loopback (or set allow_open = true on a trusted network)"
+                    .to_string(),
+            );
+        }
+        let allow_open = raw.acl.allow_open.unwrap_or(false);
         if !errs.is_empty() {
             return Err(errs.join("; "));
         }
@@ -521,7 +545,28 @@ impl TryFrom<RawConfig> for Config {
             grace: grace.as_duration(),
             webhooks,
             dns,
+            allow_open,
         })
+    }
+}
+
+impl Config {
+    /// Without ACLs, listening beyond loopback is refused unless the operator
+    /// set `[acl] allow_open = true`: whoever can write to a registry can
+    /// redirect traffic. Port 0 and loopback addresses are always fine.
+    pub fn check_exposure(&self) -> Result<(), String> {
+        if self.allow_open {
+            return Ok(());
+        }
+        for (what, addr) in [("http_addr", self.http_addr), ("dns_addr", self.dns_addr)] {
+            if !addr.ip().is_loopback() {
+                return Err(format!(
+                    "{what} {addr} is not a loopback address and no ACLs protect muster; \
+                     listen on 127.0.0.1, or set [acl] allow_open = true if you mean to expose it"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -554,6 +599,26 @@ mod tests {
         assert!(
             e.contains("http_addr") && e.contains("body_bytes") && e.contains("shutdown.grace"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn without_acls_only_loopback_unless_allow_open() {
+        assert!(check("").unwrap().check_exposure().is_ok());
+        let open = check("http_addr = \"0.0.0.0:8500\"").unwrap();
+        assert!(open.check_exposure().unwrap_err().contains("allow_open"));
+        let dns = check("dns_addr = \"10.1.2.3:53\"").unwrap();
+        assert!(dns.check_exposure().unwrap_err().contains("dns_addr"));
+        let meant = check("http_addr = \"0.0.0.0:8500\"\n[acl]\nallow_open = true").unwrap();
+        assert!(meant.check_exposure().is_ok());
+        assert!(
+            check("[acl]\nenabled = true")
+                .unwrap_err()
+                .contains("not available")
+        );
+        assert!(
+            check("[acl]\nallow_open = true\n[[acl.tokens]]\nname = \"x\"").is_err(),
+            "tokens are not silently ignored"
         );
     }
 

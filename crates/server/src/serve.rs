@@ -35,6 +35,8 @@ pub enum ServerError {
     Store(String),
     #[error("server failed: {0}")]
     Serve(std::io::Error),
+    #[error("{0}")]
+    Exposed(String),
 }
 
 use ServerError as Error;
@@ -119,6 +121,7 @@ fn open_store(config: &Config) -> Result<DynStore, Error> {
 /// the store is open and the index loaded; `/ready` turns 200 then.
 /// Cancelling `shutdown` stops the server.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, Error> {
+    config.check_exposure().map_err(Error::Exposed)?;
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .map_err(|source| Error::Bind {
