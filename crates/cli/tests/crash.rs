@@ -53,18 +53,8 @@ async fn acknowledged_registrations_survive_kill_9() {
     server.child.kill().unwrap(); // SIGKILL: no shutdown, no flush
     server.child.wait().unwrap();
     drop(server);
+    // start_with returns once /ready answers: the store reopened.
     let server = Server::start_with(&["--data-dir", data]);
-    let mut ready = false;
-    for _ in 0..200 {
-        if let Ok(r) = http.get(format!("{}/ready", server.addr)).send().await
-            && r.status() == 200
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    assert!(ready, "the store did not reopen:\n{}", server.log());
     assert_eq!(
         count(&http, &server.addr).await,
         300,

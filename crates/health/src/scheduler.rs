@@ -128,6 +128,13 @@ impl State {
         }));
     }
 
+    /// The check a job was planned for, unless it was changed or removed since.
+    fn current_mut(&mut self, job: &Job) -> Option<&mut Scheduled> {
+        self.checks
+            .get_mut(&job.key)
+            .filter(|s| s.generation == job.generation)
+    }
+
     fn is_current(&self, job: &Job) -> bool {
         match job.kind {
             JobKind::DeregisterCritical => self
@@ -225,7 +232,7 @@ impl Health {
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         tracker.spawn(health.clone().dispatch(tx));
         for _ in 0..cfg.concurrency.max(1) {
-            tracker.spawn(health.clone().work(rx.clone(), origin));
+            tracker.spawn(health.clone().work(rx.clone()));
         }
         tracker.spawn(health.clone().follow(changes, loaded));
         health
@@ -448,7 +455,7 @@ impl Health {
         }
     }
 
-    async fn work(self, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>, origin: Instant) {
+    async fn work(self, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>) {
         loop {
             let job = {
                 let mut rx = rx.lock().await;
@@ -459,15 +466,16 @@ impl Health {
             };
             let Some(job) = job else { return };
             match job.kind {
-                JobKind::Probe => self.probe(job, origin).await,
-                JobKind::TtlDeadline => self.ttl_expired(job, origin).await,
-                JobKind::Settle => self.settle(job, origin).await,
+                JobKind::Probe => self.probe(job).await,
+                JobKind::TtlDeadline => self.ttl_expired(job).await,
+                JobKind::Settle => self.settle(job).await,
                 JobKind::DeregisterCritical => self.deregister_critical(job).await,
             }
         }
     }
 
-    async fn probe(&self, job: Job, origin: Instant) {
+    async fn probe(&self, job: Job) {
+        let origin = self.inner.origin;
         let Some((kind, timeout, interval)) = ({
             let st = self.inner.state.lock();
             st.checks
@@ -493,11 +501,7 @@ impl Health {
         let write = {
             let mut st = self.inner.state.lock();
             let flap = self.inner.cfg.flap;
-            let Some(s) = st
-                .checks
-                .get_mut(&job.key)
-                .filter(|s| s.generation == job.generation)
-            else {
+            let Some(s) = st.current_mut(&job) else {
                 return;
             };
             self.inner
@@ -567,15 +571,12 @@ impl Health {
         }
     }
 
-    async fn ttl_expired(&self, job: Job, origin: Instant) {
+    async fn ttl_expired(&self, job: Job) {
+        let origin = self.inner.origin;
         let write = {
             let mut st = self.inner.state.lock();
             let flap = self.inner.cfg.flap;
-            let Some(s) = st
-                .checks
-                .get_mut(&job.key)
-                .filter(|s| s.generation == job.generation)
-            else {
+            let Some(s) = st.current_mut(&job) else {
                 return;
             };
             let ttl = match s.check.kind {
@@ -600,15 +601,12 @@ impl Health {
         }
     }
 
-    async fn settle(&self, job: Job, origin: Instant) {
+    async fn settle(&self, job: Job) {
+        let origin = self.inner.origin;
         let write = {
             let mut st = self.inner.state.lock();
             let flap = self.inner.cfg.flap;
-            let Some(s) = st
-                .checks
-                .get_mut(&job.key)
-                .filter(|s| s.generation == job.generation)
-            else {
+            let Some(s) = st.current_mut(&job) else {
                 return;
             };
             let now = mono_ms(origin);
