@@ -760,6 +760,15 @@ impl Registry {
             .ok_or_else(|| RegistryError::NotFound(format!("check {check_id:?} does not exist")))
     }
 
+    /// The service of the instance a check belongs to.
+    pub fn check_service(&self, check_id: &str) -> Option<String> {
+        self.index
+            .read()
+            .checks
+            .get(check_id)
+            .map(|owner| owner.service.to_string())
+    }
+
     /// Every check, or those of one service, in service/instance order.
     pub fn checks(&self, service: Option<&str>) -> Vec<OwnedCheck> {
         let idx = self.index.read();

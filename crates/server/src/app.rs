@@ -31,14 +31,21 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// WebSocket ping interval; a peer silent for three of them is dropped.
     pub ping: std::time::Duration,
+    /// Who may do what; see [`crate::acl`].
+    pub acl: Arc<crate::acl::Acl>,
 }
 
 impl AppState {
-    pub fn new(metrics: Arc<Metrics>, ping: std::time::Duration) -> AppState {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        ping: std::time::Duration,
+        acl: Arc<crate::acl::Acl>,
+    ) -> AppState {
         AppState {
             ready: Arc::new(OnceLock::new()),
             metrics,
             ping,
+            acl,
         }
     }
 
@@ -126,6 +133,10 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
                 "this route does not take that method",
             )
         })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::acl::authorize,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)

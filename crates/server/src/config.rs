@@ -2,6 +2,7 @@
 //! (TOML file, then flags and `MUSTER_*` environment laid over it), and
 //! [`Config`], validated once, typed, every error reported together.
 
+use crate::acl::{AclConfig, Right, TokenSpec};
 use muster_core::check::CheckPolicy;
 use muster_core::duration::{self, Millis};
 use muster_core::health::FlapRule;
@@ -41,8 +42,7 @@ pub struct RawConfig {
     pub acl: RawAcl,
 }
 
-/// `[acl]`. Tokens are not in this build yet: `enabled = true` is refused
-/// rather than half-honoured, and so is any token key (unknown fields).
+/// `[acl]`: tokens and what they may do (see [`crate::acl`]).
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAcl {
@@ -50,6 +50,24 @@ pub struct RawAcl {
     /// Without ACLs the server binds loopback only, unless this says the
     /// operator means to expose it.
     pub allow_open: Option<bool>,
+    /// What a request without a token may do: "none" (default) or "read".
+    pub anonymous: Option<String>,
+    #[serde(default)]
+    pub tokens: Vec<RawToken>,
+}
+
+/// `[[acl.tokens]]`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawToken {
+    pub name: Option<String>,
+    pub secret: Option<String>,
+    /// Read at startup, trailing newline trimmed.
+    pub secret_file: Option<PathBuf>,
+    /// Service-name prefix (or "*") → "read" | "write" | "none".
+    #[serde(default)]
+    pub services: std::collections::BTreeMap<String, String>,
+    pub operator: Option<bool>,
 }
 
 /// `[dns]`: what the DNS interface answers (its address is `dns_addr`).
@@ -173,6 +191,7 @@ pub struct Config {
     pub dns: DnsConfig,
     /// Bind non-loopback addresses although no ACLs protect them.
     pub allow_open: bool,
+    pub acl: AclConfig,
 }
 
 /// The health engine's settings.
@@ -217,6 +236,117 @@ fn toml_duration(
 }
 
 /// `[[webhooks]]`, validated; each problem is added to `errs`.
+/// `secret` or `secret_file` (trailing newline trimmed), not both.
+fn read_secret(
+    key: &str,
+    secret: Option<String>,
+    secret_file: Option<PathBuf>,
+    errs: &mut Vec<String>,
+) -> Option<Vec<u8>> {
+    match (secret, secret_file) {
+        (Some(_), Some(_)) => {
+            errs.push(format!(
+                "{key}: secret and secret_file exclude each other: pick one"
+            ));
+            None
+        }
+        (Some(s), None) => Some(s.into_bytes()),
+        (None, Some(path)) => match std::fs::read(&path) {
+            Ok(mut bytes) => {
+                // Files written by `echo` or an editor end in a newline
+                // that is not part of the secret.
+                while bytes.last().is_some_and(|b| matches!(b, b'\n' | b'\r')) {
+                    bytes.pop();
+                }
+                Some(bytes)
+            }
+            Err(e) => {
+                errs.push(format!(
+                    "{key}.secret_file: cannot read {}: {e}",
+                    path.display()
+                ));
+                None
+            }
+        },
+        (None, None) => None,
+    }
+}
+
+fn validate_acl(raw: RawAcl, errs: &mut Vec<String>) -> AclConfig {
+    let anonymous = match raw.anonymous.as_deref() {
+        None | Some("none") => Right::None,
+        Some("read") => Right::Read,
+        Some(other) => {
+            errs.push(format!(
+                "acl.anonymous: {other:?} is not \"none\" or \"read\""
+            ));
+            Right::None
+        }
+    };
+    let mut tokens: Vec<TokenSpec> = Vec::new();
+    for (i, t) in raw.tokens.into_iter().enumerate() {
+        let key = format!("acl.tokens[{i}]");
+        let name = match t.name {
+            Some(n) if !n.trim().is_empty() => n,
+            _ => {
+                errs.push(format!("{key}.name: every token needs a name"));
+                String::new()
+            }
+        };
+        let secret = match read_secret(&key, t.secret, t.secret_file, errs) {
+            Some(s) if !s.is_empty() => s,
+            Some(_) => {
+                errs.push(format!("{key}: the secret is empty"));
+                Vec::new()
+            }
+            None => {
+                errs.push(format!("{key}: needs secret or secret_file"));
+                Vec::new()
+            }
+        };
+        let mut services = Vec::new();
+        for (prefix, right) in t.services {
+            let r = match right.as_str() {
+                "read" => Right::Read,
+                "write" => Right::Write,
+                "none" => Right::None,
+                other => {
+                    errs.push(format!(
+                        "{key}.services.{prefix}: {other:?} is not \"read\", \"write\" or \"none\""
+                    ));
+                    continue;
+                }
+            };
+            services.push((prefix, r));
+        }
+        if tokens.iter().any(|o| o.name == name) {
+            errs.push(format!("{key}.name: {name:?} is used twice"));
+        }
+        if !secret.is_empty() && tokens.iter().any(|o| o.secret == secret) {
+            errs.push(format!("{key}: two tokens have the same secret"));
+        }
+        tokens.push(TokenSpec {
+            name,
+            secret,
+            services,
+            operator: t.operator.unwrap_or(false),
+        });
+    }
+    let enabled = raw.enabled.unwrap_or(false);
+    if !enabled && !tokens.is_empty() {
+        errs.push(
+            "acl.tokens: tokens are configured but acl.enabled is not true; \
+             set enabled = true (tokens would otherwise be silently ignored)"
+                .to_string(),
+        );
+    }
+    AclConfig {
+        enabled,
+        anonymous,
+        tokens,
+    }
+}
+
 fn validate_webhooks(raw: Vec<RawWebhook>, errs: &mut Vec<String>) -> Vec<WebhookConfig> {
     let mut out: Vec<WebhookConfig> = Vec::new();
     for (i, w) in raw.into_iter().enumerate() {
@@ -264,33 +394,7 @@ fn validate_webhooks(raw: Vec<RawWebhook>, errs: &mut Vec<String>) -> Vec<Webhoo
             }
             names.into_iter().collect()
         });
-        let secret = match (w.secret, w.secret_file) {
-            (Some(_), Some(_)) => {
-                errs.push(format!(
-                    "{key}: secret and secret_file exclude each other: pick one"
-                ));
-                None
-            }
-            (Some(s), None) => Some(s.into_bytes()),
-            (None, Some(path)) => match std::fs::read(&path) {
-                Ok(mut bytes) => {
-                    // Files written by `echo` or an editor end in a newline
-                    // that is not part of the key.
-                    while bytes.last().is_some_and(|b| matches!(b, b'\n' | b'\r')) {
-                        bytes.pop();
-                    }
-                    Some(bytes)
-                }
-                Err(e) => {
-                    errs.push(format!(
-                        "{key}.secret_file: cannot read {}: {e}",
-                        path.display()
-                    ));
-                    None
-                }
-            },
-            (None, None) => None,
-        };
+        let secret = read_secret(&key, w.secret, w.secret_file, errs);
         if secret.as_ref().is_some_and(|s| s.is_empty()) {
             errs.push(format!("{key}: the secret is empty"));
         }
@@ -387,6 +491,7 @@ impl Config {
             webhooks: Vec::new(),
             dns: DnsConfig::default(),
             allow_open: false,
+            acl: AclConfig::default(),
         }
     }
 }
@@ -517,14 +622,8 @@ impl TryFrom<RawConfig> for Config {
                 ),
             }
         }
-        if raw.acl.enabled == Some(true) {
-            errs.push(
-                "acl.enabled: ACL tokens are not available in this build yet; leave [acl] enabled out \
-                 and keep muster on loopback (or set allow_open = true on a trusted network)"
-                    .to_string(),
-            );
-        }
         let allow_open = raw.acl.allow_open.unwrap_or(false);
+        let acl = validate_acl(raw.acl, &mut errs);
         if !errs.is_empty() {
             return Err(errs.join("; "));
         }
@@ -546,6 +645,7 @@ impl TryFrom<RawConfig> for Config {
             webhooks,
             dns,
             allow_open,
+            acl,
         })
     }
 }
@@ -555,7 +655,7 @@ impl Config {
     /// set `[acl] allow_open = true`: whoever can write to a registry can
     /// redirect traffic. Port 0 and loopback addresses are always fine.
     pub fn check_exposure(&self) -> Result<(), String> {
-        if self.allow_open {
+        if self.allow_open || self.acl.enabled {
             return Ok(());
         }
         for (what, addr) in [("http_addr", self.http_addr), ("dns_addr", self.dns_addr)] {
@@ -611,11 +711,7 @@ mod tests {
         assert!(dns.check_exposure().unwrap_err().contains("dns_addr"));
         let meant = check("http_addr = \"0.0.0.0:8500\"\n[acl]\nallow_open = true").unwrap();
         assert!(meant.check_exposure().is_ok());
-        assert!(
-            check("[acl]\nenabled = true")
-                .unwrap_err()
-                .contains("not available")
-        );
+        assert!(check("[acl]\nenabled = true").is_ok());
         assert!(
             check("[acl]\nallow_open = true\n[[acl.tokens]]\nname = \"x\"").is_err(),
             "tokens are not silently ignored"
@@ -630,8 +726,8 @@ mod tests {
                 .contains("unknown field")
         );
         assert!(
-            check("[acl]\nenabled = true").is_err(),
-            "ACLs must not be silently ignored"
+            check("[tls]\ncert_file = \"x\"").is_err(),
+            "TLS must not be silently ignored"
         );
     }
 

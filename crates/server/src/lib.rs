@@ -7,6 +7,7 @@
 //! error to a problem document. No business rule lives here.
 #![forbid(unsafe_code)]
 
+pub mod acl;
 pub mod api;
 mod app;
 pub mod config;

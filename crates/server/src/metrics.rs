@@ -25,6 +25,11 @@ struct RouteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct InstanceLabels {
     service: String,
     status: String,
@@ -42,6 +47,7 @@ pub struct Metrics {
     sessions: Gauge,
     connections: Gauge,
     connection_limit: Counter,
+    refused: Family<RefusedLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -99,7 +105,15 @@ impl Metrics {
             "Open WebSocket sessions (session-bound instances)",
             sessions.clone(),
         );
+        let refused = Family::<RefusedLabels, Counter>::default();
+        registry.register(
+            "refused_requests",
+            "Requests refused by access control or a limit, by reason \
+             (unauthorized, forbidden, rate_limited, watcher_cap, session_cap)",
+            refused.clone(),
+        );
         Metrics {
+            refused,
             registry: Mutex::new(registry),
             requests,
             latency,
@@ -122,6 +136,15 @@ impl Metrics {
 
     pub fn connection_limit_reached(&self) {
         self.connection_limit.inc();
+    }
+
+    /// A request refused by access control or a limit.
+    pub fn refused(&self, reason: &str) {
+        self.refused
+            .get_or_create(&RefusedLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     pub fn sessions(&self, delta: i64) {

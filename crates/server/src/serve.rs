@@ -137,7 +137,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     // Open the store before serving: a locked or unreadable data dir should
     // fail the start, not leave a server that is never ready.
     let store = open_store(&config)?;
-    let state = AppState::new(Arc::new(Metrics::new()), config.ping);
+    let state = AppState::new(
+        Arc::new(Metrics::new()),
+        config.ping,
+        Arc::new(crate::acl::Acl::new(&config.acl)),
+    );
     let app = router(state.clone(), config.body_limit);
     tracing::info!(addr = %http_addr, "listening on http://{http_addr}");
     tracing::info!(addr = %dns_addr, "dns listening on {dns_addr}");

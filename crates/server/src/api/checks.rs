@@ -1,5 +1,6 @@
 //! `/api/v1/checks`: checks, passive ttl updates, probe history and stats.
 
+use crate::acl::Caller;
 use crate::app::{ApiResult, AppState, json};
 use crate::extract::{Json, OptionalJson, Query};
 use crate::problem::{Problem, ProblemDoc};
@@ -100,7 +101,10 @@ fn kind_name(k: &CheckKind) -> &'static str {
         ("status" = Option<Vec<Status>>, Query, description = "any of these (repeatable)"),
     ),
     responses((status = 200, body = Vec<CheckView>), (status = 400, body = ProblemDoc, content_type = "application/problem+json")))]
-async fn list_checks(State(s): State<AppState>, q: Query) -> ApiResult<Response> {
+async fn list_checks(State(s): State<AppState>, caller: Caller, q: Query) -> ApiResult<Response> {
+    if let Some(service) = q.one("service") {
+        caller.require_read(service)?;
+    }
     let mut statuses = Vec::new();
     for v in q.all("status") {
         statuses.push(Status::parse(v).ok_or_else(|| {
@@ -112,6 +116,9 @@ async fn list_checks(State(s): State<AppState>, q: Query) -> ApiResult<Response>
     }
     let mut out = Vec::new();
     for c in s.registry()?.checks(q.one("service")) {
+        if !caller.may_read(&c.service) {
+            continue;
+        }
         let v = view(&s, c)?;
         if statuses.is_empty() || statuses.contains(&v.status) {
             out.push(v);
@@ -129,7 +136,15 @@ async fn list_checks(State(s): State<AppState>, q: Query) -> ApiResult<Response>
         (status = 404, body = ProblemDoc, content_type = "application/problem+json"),
         (status = 409, body = ProblemDoc, content_type = "application/problem+json"),
     ))]
-async fn add_check(State(s): State<AppState>, Json(spec): Json<CheckSpec>) -> ApiResult<Response> {
+async fn add_check(
+    State(s): State<AppState>,
+    caller: Caller,
+    Json(spec): Json<CheckSpec>,
+) -> ApiResult<Response> {
+    match &spec.service {
+        Some(service) => caller.require_write(service)?,
+        None => caller.require_token()?,
+    }
     let c = s.registry()?.add_check(spec).await?;
     Ok(json(StatusCode::CREATED, &view(&s, c)?))
 }

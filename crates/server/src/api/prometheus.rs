@@ -8,6 +8,7 @@
 //! nothing lands on the scraped series unless the operator's
 //! `relabel_configs` asks for it, and `job` and `instance` stay Prometheus's.
 
+use crate::acl::Caller;
 use crate::app::{ApiResult, AppState, json};
 use crate::extract::Query;
 use crate::problem::ProblemDoc;
@@ -67,11 +68,19 @@ struct TargetGroup {
         (status = 200, body = Vec<TargetGroup>),
         (status = 503, body = ProblemDoc, content_type = "application/problem+json"),
     ))]
-async fn targets(State(s): State<AppState>, q: Query) -> ApiResult<Response> {
+async fn targets(State(s): State<AppState>, caller: Caller, q: Query) -> ApiResult<Response> {
     let registry = s.registry()?;
     let services = match q.one("service") {
-        Some(name) => vec![name.to_string()],
-        None => registry.services().into_iter().map(|s| s.name).collect(),
+        Some(name) => {
+            caller.require_read(name)?;
+            vec![name.to_string()]
+        }
+        None => registry
+            .services()
+            .into_iter()
+            .map(|s| s.name)
+            .filter(|name| caller.may_read(name))
+            .collect(),
     };
     let groups: Vec<TargetGroup> = services
         .iter()

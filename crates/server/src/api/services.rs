@@ -1,5 +1,6 @@
 //! `/api/v1/services`: service definitions and the service list.
 
+use crate::acl::Caller;
 use crate::app::{ApiResult, AppState, json, raw_json};
 use crate::extract::{Json, Query};
 use crate::problem::ProblemDoc;
@@ -21,8 +22,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[utoipa::path(get, path = "/api/v1/services", tag = "services", responses(
     (status = 200, body = Vec<ServiceSummary>),
 ))]
-async fn list_services(State(s): State<AppState>) -> ApiResult<Response> {
-    Ok(json(StatusCode::OK, &s.registry()?.services()))
+async fn list_services(State(s): State<AppState>, caller: Caller) -> ApiResult<Response> {
+    let mut services = s.registry()?.services();
+    services.retain(|sv| caller.may_read(&sv.name));
+    Ok(json(StatusCode::OK, &services))
 }
 
 /// A service's definition and its instances.

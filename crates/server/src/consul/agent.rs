@@ -1,6 +1,7 @@
 //! `/v1/agent/...` and `/v1/status/...`.
 
 use super::{ConsulError, ConsulResult, DATACENTER, NODE, NODE_ADDRESS, NODE_ID, reply};
+use crate::acl::Caller;
 use crate::app::AppState;
 use crate::extract::Query;
 use axum::body::Bytes;
@@ -14,8 +15,9 @@ fn index(s: &AppState) -> u64 {
 }
 
 /// `PUT /v1/agent/service/register`.
-pub async fn register(State(s): State<AppState>, body: Bytes) -> ConsulResult {
+pub async fn register(State(s): State<AppState>, caller: Caller, body: Bytes) -> ConsulResult {
     let reg = super::body::parse(&body)?;
+    caller.require_write(&reg.service)?;
     let registry = s.registry()?;
     registry.register(&reg.service, reg.body, None).await?;
     Ok(reply(StatusCode::OK, index(&s), &serde_json::Value::Null))
@@ -136,10 +138,13 @@ pub async fn agent_self(State(s): State<AppState>) -> ConsulResult {
 }
 
 /// `GET /v1/agent/services`: every instance, keyed by id.
-pub async fn services(State(s): State<AppState>) -> ConsulResult {
+pub async fn services(State(s): State<AppState>, caller: Caller) -> ConsulResult {
     let registry = s.registry()?;
     let mut out = serde_json::Map::new();
     for summary in registry.services() {
+        if !caller.may_read(&summary.name) {
+            continue;
+        }
         for (rec, _) in registry.records(&summary.name) {
             out.insert(rec.id.clone(), super::catalog::agent_service(&rec));
         }

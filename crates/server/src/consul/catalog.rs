@@ -1,6 +1,7 @@
 //! `/v1/catalog/...` and `/v1/health/service/...`, with blocking queries.
 
 use super::{ConsulResult, DATACENTER, NODE, NODE_ADDRESS, NODE_ID, index_of, reply, wait_of};
+use crate::acl::Caller;
 use crate::app::AppState;
 use crate::extract::Query;
 use axum::extract::{Path, State};
@@ -82,7 +83,7 @@ fn tags_match(rec: &InstanceRecord, q: &Query) -> bool {
 }
 
 /// `GET /v1/catalog/services`: `{"name": ["tag", ...]}`.
-pub async fn services(State(s): State<AppState>, q: Query) -> ConsulResult {
+pub async fn services(State(s): State<AppState>, caller: Caller, q: Query) -> ConsulResult {
     let registry = s.registry()?;
     if let Some(after) = index_of(&q)? {
         registry.wait_any(after, wait_of(&q)?).await;
@@ -90,6 +91,9 @@ pub async fn services(State(s): State<AppState>, q: Query) -> ConsulResult {
     let index = registry.revision().max(1);
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for summary in registry.services() {
+        if !caller.may_read(&summary.name) {
+            continue;
+        }
         let mut tags: Vec<String> = Vec::new();
         for (rec, _) in registry.records(&summary.name) {
             for t in rec.tags {

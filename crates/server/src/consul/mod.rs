@@ -17,29 +17,38 @@ use crate::app::AppState;
 use axum::Router;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{MethodRouter, get, put};
 use serde::Serialize;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/agent/service/register", put(agent::register))
-        .route("/v1/agent/service/deregister/{id}", put(agent::deregister))
-        .route(
+/// Every Consul-compatible route (the access rules in `crate::acl` are
+/// checked against this list).
+pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
+    vec![
+        ("/v1/agent/service/register", put(agent::register)),
+        ("/v1/agent/service/deregister/{id}", put(agent::deregister)),
+        (
             "/v1/agent/service/maintenance/{id}",
             put(agent::maintenance),
-        )
-        .route("/v1/agent/check/pass/{id}", put(agent::pass))
-        .route("/v1/agent/check/warn/{id}", put(agent::warn))
-        .route("/v1/agent/check/fail/{id}", put(agent::fail))
-        .route("/v1/agent/check/update/{id}", put(agent::update))
-        .route("/v1/agent/self", get(agent::agent_self))
-        .route("/v1/agent/services", get(agent::services))
-        .route("/v1/status/leader", get(agent::leader))
-        .route("/v1/status/peers", get(agent::peers))
-        .route("/v1/catalog/services", get(catalog::services))
-        .route("/v1/catalog/service/{name}", get(catalog::service))
-        .route("/v1/catalog/datacenters", get(catalog::datacenters))
-        .route("/v1/health/service/{name}", get(catalog::health))
+        ),
+        ("/v1/agent/check/pass/{id}", put(agent::pass)),
+        ("/v1/agent/check/warn/{id}", put(agent::warn)),
+        ("/v1/agent/check/fail/{id}", put(agent::fail)),
+        ("/v1/agent/check/update/{id}", put(agent::update)),
+        ("/v1/agent/self", get(agent::agent_self)),
+        ("/v1/agent/services", get(agent::services)),
+        ("/v1/status/leader", get(agent::leader)),
+        ("/v1/status/peers", get(agent::peers)),
+        ("/v1/catalog/services", get(catalog::services)),
+        ("/v1/catalog/service/{name}", get(catalog::service)),
+        ("/v1/catalog/datacenters", get(catalog::datacenters)),
+        ("/v1/health/service/{name}", get(catalog::health)),
+    ]
+}
+
+pub fn router() -> Router<AppState> {
+    routes()
+        .into_iter()
+        .fold(Router::new(), |r, (path, method)| r.route(path, method))
 }
 
 /// The datacenter and node muster presents itself as.
