@@ -13,6 +13,7 @@ use muster_health::influx::InfluxConfig;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// As written in the TOML file. Unknown keys are errors: a misspelt setting
@@ -40,6 +41,8 @@ pub struct RawConfig {
     pub dns: RawDns,
     #[serde(default)]
     pub acl: RawAcl,
+    #[serde(default)]
+    pub tls: crate::tls::RawTls,
 }
 
 /// `[acl]`: tokens and what they may do (see [`crate::acl`]).
@@ -192,6 +195,8 @@ pub struct Config {
     /// Bind non-loopback addresses although no ACLs protect them.
     pub allow_open: bool,
     pub acl: AclConfig,
+    /// HTTPS (and mutual TLS) when `[tls]` is set.
+    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
 }
 
 /// The health engine's settings.
@@ -492,6 +497,7 @@ impl Config {
             dns: DnsConfig::default(),
             allow_open: false,
             acl: AclConfig::default(),
+            tls: None,
         }
     }
 }
@@ -624,6 +630,10 @@ impl TryFrom<RawConfig> for Config {
         }
         let allow_open = raw.acl.allow_open.unwrap_or(false);
         let acl = validate_acl(raw.acl, &mut errs);
+        let tls = crate::tls::server_config(&raw.tls).unwrap_or_else(|e| {
+            errs.push(e);
+            None
+        });
         if !errs.is_empty() {
             return Err(errs.join("; "));
         }
@@ -646,6 +656,7 @@ impl TryFrom<RawConfig> for Config {
             dns,
             allow_open,
             acl,
+            tls,
         })
     }
 }

@@ -18,6 +18,7 @@ mod metrics;
 mod ops;
 mod problem;
 mod serve;
+pub mod tls;
 
 pub use app::openapi;
 pub use config::{Config, RawConfig, StoreConfig};

@@ -14,18 +14,39 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+/// What the listener enforces.
+pub struct Limits {
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    /// HTTPS when set: the handshake must finish within `header_timeout`.
+    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+}
+
+/// The first byte of every TLS connection: a handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+const PLAINTEXT_TO_TLS: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
+Content-Type: text/plain\r\nConnection: close\r\nContent-Length: 44\r\n\r\n\
+this port speaks TLS: use https:// instead\r\n";
+
 pub async fn serve(
     listener: TcpListener,
     app: Router,
-    max_connections: usize,
-    header_timeout: Duration,
+    limits: Limits,
     shutdown: CancellationToken,
     metrics: Arc<Metrics>,
 ) {
+    let Limits {
+        max_connections,
+        header_timeout,
+        tls,
+    } = limits;
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let permits = Arc::new(Semaphore::new(max_connections));
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -59,6 +80,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let (builder, app, watcher) = (builder.clone(), app.clone(), graceful.watcher());
+        let acceptor = acceptor.clone();
         metrics.connections(1);
         let metrics = metrics.clone();
         tokio::spawn(async move {
@@ -69,13 +91,38 @@ pub async fn serve(
             if let Ok(Ok(n)) = tokio::time::timeout(header_timeout, stream.peek(&mut first)).await
                 && n > 0
             {
-                let conn = builder
-                    .serve_connection_with_upgrades(
-                        TokioIo::new(stream),
-                        TowerToHyperService::new(app),
-                    )
-                    .into_owned();
-                let _ = watcher.watch(conn).await;
+                let service = TowerToHyperService::new(app);
+                match acceptor {
+                    None => {
+                        let conn = builder
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                            .into_owned();
+                        let _ = watcher.watch(conn).await;
+                    }
+                    Some(_) if first[0] != TLS_HANDSHAKE => {
+                        // Plain HTTP to the TLS port: say so, in plain HTTP.
+                        metrics.refused("plaintext_to_tls");
+                        let mut stream = stream;
+                        let _ = stream.write_all(PLAINTEXT_TO_TLS).await;
+                        let _ = stream.shutdown().await;
+                    }
+                    Some(acceptor) => {
+                        match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(tls)) => {
+                                let conn = builder
+                                    .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                                    .into_owned();
+                                let _ = watcher.watch(conn).await;
+                            }
+                            Ok(Err(e)) => {
+                                // No certificate, one the CA did not sign, a bad hello.
+                                metrics.refused("tls_handshake");
+                                tracing::debug!(error = %e, "TLS handshake refused");
+                            }
+                            Err(_) => metrics.refused("tls_handshake"),
+                        }
+                    }
+                }
             }
             drop(permit);
             metrics.connections(-1);

@@ -143,7 +143,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         Arc::new(crate::acl::Acl::new(&config.acl)),
     );
     let app = router(state.clone(), config.body_limit);
-    tracing::info!(addr = %http_addr, "listening on http://{http_addr}");
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!(addr = %http_addr, "listening on {scheme}://{http_addr}");
     tracing::info!(addr = %dns_addr, "dns listening on {dns_addr}");
     let task = tokio::spawn(async move {
         // Background work (the health engine) is tracked and stopped in order.
@@ -195,8 +200,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         let serve = tokio::spawn(crate::listener::serve(
             listener,
             app,
-            config.max_connections,
-            config.header_timeout,
+            crate::listener::Limits {
+                max_connections: config.max_connections,
+                header_timeout: config.header_timeout,
+                tls: config.tls.clone(),
+            },
             shutdown.clone(),
             state.metrics.clone(),
         ));

@@ -33,7 +33,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 impl Api {
     /// Validates the address and token up front, so a malformed flag is
     /// reported as such instead of as a network error.
-    pub fn new(addr: &str, token: Option<&str>) -> Result<Api> {
+    pub fn new(addr: &str, token: Option<&str>, tls: &super::TlsOpts) -> Result<Api> {
         let base = parse_addr(addr)?;
         // An empty `MUSTER_TOKEN=` means "no token", not "the empty token".
         let auth = match token.filter(|t| !t.is_empty()) {
@@ -46,13 +46,13 @@ impl Api {
             }
             None => None,
         };
-        let client = reqwest::Client::builder()
+        let client = with_tls(reqwest::Client::builder(), tls)?
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             .user_agent(concat!("muster-cli/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| anyhow!("cannot set up the HTTP client: {}", chain(&e)))?;
-        let streams = reqwest::Client::builder()
+        let streams = with_tls(reqwest::Client::builder(), tls)?
             .connect_timeout(CONNECT_TIMEOUT)
             .user_agent(concat!("muster-cli/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -159,6 +159,46 @@ impl Api {
 
 /// Accepts `host:port` as a shorthand for `http://host:port`, since that is
 /// what people type; anything else must be an http(s) URL.
+/// Adds `--ca-cert` to the trusted roots and `--client-cert`/`--client-key`
+/// as our identity; files are read now so a wrong path is reported as such.
+fn with_tls(
+    mut builder: reqwest::ClientBuilder,
+    tls: &super::TlsOpts,
+) -> Result<reqwest::ClientBuilder> {
+    let read = |flag: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| anyhow!("{flag} {}: {e}", path.display()))
+    };
+    if let Some(path) = &tls.ca_cert {
+        let pem = read("--ca-cert", path)?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            anyhow!(
+                "--ca-cert {}: not a PEM certificate: {}",
+                path.display(),
+                chain(&e)
+            )
+        })?;
+        if certs.is_empty() {
+            bail!("--ca-cert {}: holds no PEM certificate", path.display());
+        }
+        for c in certs {
+            builder = builder.add_root_certificate(c);
+        }
+    }
+    if let (Some(cert), Some(key)) = (&tls.client_cert, &tls.client_key) {
+        let mut pem = read("--client-cert", cert)?;
+        pem.push(b'\n');
+        pem.extend(read("--client-key", key)?);
+        let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+            anyhow!(
+                "--client-cert/--client-key: not a PEM certificate and key: {}",
+                chain(&e)
+            )
+        })?;
+        builder = builder.identity(identity);
+    }
+    Ok(builder)
+}
+
 fn parse_addr(addr: &str) -> Result<Url> {
     let full = if addr.contains("://") {
         addr.to_string()
@@ -270,7 +310,7 @@ mod tests {
     use super::*;
 
     fn api(addr: &str) -> Api {
-        Api::new(addr, None).unwrap()
+        Api::new(addr, None, &Default::default()).unwrap()
     }
 
     #[test]
@@ -331,10 +371,15 @@ mod tests {
     #[test]
     fn bad_addresses_and_tokens_are_refused_before_any_request() {
         for bad in ["ftp://h", "http://", "http://h/?x=1", "http://h/#f"] {
-            assert!(Api::new(bad, None).is_err(), "{bad}");
+            assert!(Api::new(bad, None, &Default::default()).is_err(), "{bad}");
         }
-        assert!(Api::new("http://h", Some("a\nb")).is_err());
-        assert!(Api::new("http://h", Some("")).unwrap().auth.is_none());
+        assert!(Api::new("http://h", Some("a\nb"), &Default::default()).is_err());
+        assert!(
+            Api::new("http://h", Some(""), &Default::default())
+                .unwrap()
+                .auth
+                .is_none()
+        );
     }
 
     #[test]

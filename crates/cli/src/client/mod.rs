@@ -44,6 +44,34 @@ pub struct ClientOpts {
     /// Print JSON instead of a table
     #[arg(long, global = true)]
     pub json: bool,
+    #[command(flatten)]
+    pub tls: TlsOpts,
+}
+
+/// How to trust an https:// server and prove who we are to it.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TlsOpts {
+    /// PEM file of the CA that signed the server's certificate (added to the system roots)
+    #[arg(long, env = "MUSTER_CA_CERT", global = true, value_name = "FILE")]
+    pub ca_cert: Option<std::path::PathBuf>,
+    /// PEM client certificate, for servers that require mutual TLS
+    #[arg(
+        long,
+        env = "MUSTER_CLIENT_CERT",
+        global = true,
+        value_name = "FILE",
+        requires = "client_key"
+    )]
+    pub client_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --client-cert
+    #[arg(
+        long,
+        env = "MUSTER_CLIENT_KEY",
+        global = true,
+        value_name = "FILE",
+        requires = "client_cert"
+    )]
+    pub client_key: Option<std::path::PathBuf>,
 }
 
 // The client subcommands, flattened next to `server` in `main`. A plain
@@ -234,7 +262,7 @@ const STATUSES: [&str; 4] = ["passing", "warning", "critical", "maintenance"];
 
 /// Runs one client command and prints its result on stdout.
 pub async fn run(opts: &ClientOpts, cmd: ClientCommand) -> Result<()> {
-    let api = http::Api::new(&opts.addr, opts.token.as_deref())?;
+    let api = http::Api::new(&opts.addr, opts.token.as_deref(), &opts.tls)?;
     let out = match cmd {
         ClientCommand::Services => services::list(&api, opts.json).await?,
         ClientCommand::Service { command } => match command {
