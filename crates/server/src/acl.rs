@@ -295,6 +295,23 @@ impl Acl {
     }
 }
 
+/// Who per-client limits count a request against (`None`: exempt); left
+/// in the request for handlers that open long-lived streams.
+#[derive(Debug, Clone)]
+pub struct Client(pub Option<crate::limits::ClientKey>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Client {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Client, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<Client>()
+            .cloned()
+            .unwrap_or(Client(None)))
+    }
+}
+
 /// What a route requires of its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need {
@@ -442,6 +459,16 @@ async fn admit(state: &AppState, req: Request) -> Result<Request, Problem> {
         return Ok(Request::from_parts(parts, body));
     }
     let caller = state.acl.authenticate(presented(&parts)?.as_deref())?;
+    // The rate limit counts every authenticated request, refused ones too.
+    let peer = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let client = state.limits.key(&caller, peer);
+    if let Some(key) = &client {
+        state.limits.admit(key)?;
+    }
+    parts.extensions.insert(Client(client));
     // What the router matched, percent-decoded.
     let params: Vec<(String, String)> =
         match RawPathParams::from_request_parts(&mut parts, &()).await {

@@ -33,19 +33,24 @@ pub struct AppState {
     pub ping: std::time::Duration,
     /// Who may do what; see [`crate::acl`].
     pub acl: Arc<crate::acl::Acl>,
+    /// Per-client request rate and stream caps.
+    pub limits: Arc<crate::limits::ClientLimits>,
+    pub body: crate::limits::BodyLimits,
 }
 
 impl AppState {
-    pub fn new(
-        metrics: Arc<Metrics>,
-        ping: std::time::Duration,
-        acl: Arc<crate::acl::Acl>,
-    ) -> AppState {
+    pub fn new(metrics: Arc<Metrics>, config: &crate::Config) -> AppState {
         AppState {
             ready: Arc::new(OnceLock::new()),
             metrics,
-            ping,
-            acl,
+            ping: config.ping,
+            acl: Arc::new(crate::acl::Acl::new(&config.acl)),
+            limits: crate::limits::ClientLimits::new(config.client_limits.clone()),
+            body: crate::limits::BodyLimits {
+                normal: config.body_limit,
+                snapshot: config.snapshot_limit,
+                timeout: config.body_timeout,
+            },
         }
     }
 
@@ -113,7 +118,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     routes().into_openapi()
 }
 
-pub fn router(state: AppState, body_limit: usize) -> Router {
+pub fn router(state: AppState) -> Router {
     let (router, doc) = routes().split_for_parts();
     let doc = Arc::new(doc);
     router
@@ -133,12 +138,18 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
                 "this route does not take that method",
             )
         })
+        // Innermost first: bodies are bounded only for requests let in.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::limits::limit_body,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             crate::acl::authorize,
         ))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
-        .layer(DefaultBodyLimit::max(body_limit))
+        // `limit_body` bounds every body by its route's limit instead.
+        .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
 

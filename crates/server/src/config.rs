@@ -95,6 +95,20 @@ pub struct RawLimits {
     /// How long a client may take to send a request's headers (idle
     /// keep-alive connections included) before the connection is closed.
     pub header_timeout: Option<toml::Value>,
+    /// How long a client may take to send a request's body.
+    pub body_timeout: Option<toml::Value>,
+    /// Largest snapshot accepted by `PUT /api/v1/snapshot`, in bytes.
+    pub snapshot_bytes: Option<usize>,
+    /// Requests per second per client (its token, else its address); 0: off.
+    pub rate: Option<u32>,
+    /// Requests a client may send in a burst before `rate` applies.
+    pub burst: Option<u32>,
+    /// Open feed watchers (WebSocket or SSE) per client.
+    pub watchers_per_client: Option<usize>,
+    /// Open sessions per client.
+    pub sessions_per_client: Option<usize>,
+    /// Apply the per-client limits to loopback clients too (off by default).
+    pub limit_loopback: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -180,6 +194,11 @@ pub struct Config {
     pub dns_addr: SocketAddr,
     pub store: StoreConfig,
     pub body_limit: usize,
+    /// Body limit of a snapshot restore.
+    pub snapshot_limit: usize,
+    /// Time allowed for a request's body.
+    pub body_timeout: Duration,
+    pub client_limits: crate::limits::ClientLimitSettings,
     /// Open HTTP connections at most.
     pub max_connections: usize,
     /// Time allowed for a request's headers (and idle keep-alive time).
@@ -475,6 +494,8 @@ pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8500";
 pub const DEFAULT_DNS_ADDR: &str = "127.0.0.1:8600";
 pub const DEFAULT_DATA_DIR: &str = "./muster-data";
 pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
+/// Snapshots carry the whole registry.
+pub const DEFAULT_SNAPSHOT_LIMIT: usize = 256 * 1024 * 1024;
 
 impl Config {
     /// A configuration for tests: in memory, on a free loopback port.
@@ -486,6 +507,9 @@ impl Config {
             dns_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             store: StoreConfig::Memory,
             body_limit: DEFAULT_BODY_LIMIT,
+            snapshot_limit: DEFAULT_SNAPSHOT_LIMIT,
+            body_timeout: Duration::from_secs(30),
+            client_limits: Default::default(),
             max_connections: 10_000,
             header_timeout: Duration::from_secs(10),
             retain: 100_000,
@@ -547,6 +571,45 @@ impl TryFrom<RawConfig> for Config {
         }
         if body_limit < 1024 {
             errs.push("limits.body_bytes must be at least 1024".to_string());
+        }
+        let snapshot_limit = raw.limits.snapshot_bytes.unwrap_or(DEFAULT_SNAPSHOT_LIMIT);
+        if snapshot_limit < 1024 {
+            errs.push("limits.snapshot_bytes must be at least 1024".to_string());
+        }
+        let body_timeout = toml_duration(
+            "limits.body_timeout",
+            raw.limits.body_timeout.clone(),
+            Millis::from_secs(30),
+            &mut errs,
+        );
+        if body_timeout.0 < 100 {
+            errs.push("limits.body_timeout must be at least 100ms".to_string());
+        }
+        let d = crate::limits::ClientLimitSettings::default();
+        let client_limits = crate::limits::ClientLimitSettings {
+            rate: raw.limits.rate.unwrap_or(d.rate),
+            burst: raw
+                .limits
+                .burst
+                .unwrap_or_else(|| raw.limits.rate.map_or(d.burst, |r| r.saturating_mul(2))),
+            watchers_per_client: raw
+                .limits
+                .watchers_per_client
+                .unwrap_or(d.watchers_per_client),
+            sessions_per_client: raw
+                .limits
+                .sessions_per_client
+                .unwrap_or(d.sessions_per_client),
+            limit_loopback: raw.limits.limit_loopback.unwrap_or(d.limit_loopback),
+        };
+        if client_limits.rate > 0 && client_limits.burst == 0 {
+            errs.push("limits.burst must be at least 1 when limits.rate is set".to_string());
+        }
+        if client_limits.watchers_per_client == 0 || client_limits.sessions_per_client == 0 {
+            errs.push(
+                "limits.watchers_per_client and limits.sessions_per_client must be at least 1"
+                    .to_string(),
+            );
         }
         let retain = raw.feed.retain.unwrap_or(100_000);
         if retain == 0 {
@@ -642,6 +705,9 @@ impl TryFrom<RawConfig> for Config {
             dns_addr,
             store,
             body_limit,
+            snapshot_limit,
+            body_timeout: body_timeout.as_duration(),
+            client_limits,
             max_connections,
             header_timeout: header_timeout.as_duration(),
             retain,

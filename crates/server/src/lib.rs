@@ -13,6 +13,7 @@ mod app;
 pub mod config;
 mod consul;
 mod extract;
+mod limits;
 mod listener;
 mod metrics;
 mod ops;

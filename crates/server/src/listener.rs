@@ -65,9 +65,9 @@ pub async fn serve(
         if permits.available_permits() == 0 {
             metrics.connection_limit_reached();
         }
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: keep serving the
                     // connections we have and try again shortly.
@@ -91,6 +91,15 @@ pub async fn serve(
             if let Ok(Ok(n)) = tokio::time::timeout(header_timeout, stream.peek(&mut first)).await
                 && n > 0
             {
+                // Handlers (and per-client limits) see who is calling.
+                let app = tower::ServiceExt::map_request(
+                    app,
+                    move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                        req.extensions_mut()
+                            .insert(axum::extract::ConnectInfo(peer));
+                        req
+                    },
+                );
                 let service = TowerToHyperService::new(app);
                 match acceptor {
                     None => {

@@ -25,6 +25,8 @@ pub struct Problem {
     /// The (first) offending field, when one is to blame.
     pub field: Option<String>,
     pub errors: Vec<ProblemField>,
+    /// Sent as `Retry-After` (whole seconds, at least 1).
+    pub retry_after: Option<std::time::Duration>,
 }
 
 /// The problem document as written on the wire (and in the OpenAPI document).
@@ -52,7 +54,14 @@ impl Problem {
             detail: detail.into(),
             field: None,
             errors: Vec::new(),
+            retry_after: None,
         }
+    }
+
+    /// Tells the client when to try again.
+    pub fn retry_after(mut self, wait: std::time::Duration) -> Problem {
+        self.retry_after = Some(wait);
+        self
     }
 
     pub fn bad_request(field: impl Into<String>, detail: impl Into<String>) -> Problem {
@@ -136,7 +145,11 @@ impl IntoResponse for Problem {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if let Some(wait) = self.retry_after {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        } else if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

@@ -137,12 +137,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     // Open the store before serving: a locked or unreadable data dir should
     // fail the start, not leave a server that is never ready.
     let store = open_store(&config)?;
-    let state = AppState::new(
-        Arc::new(Metrics::new()),
-        config.ping,
-        Arc::new(crate::acl::Acl::new(&config.acl)),
-    );
-    let app = router(state.clone(), config.body_limit);
+    let state = AppState::new(Arc::new(Metrics::new()), &config);
+    let app = router(state.clone());
     let scheme = if config.tls.is_some() {
         "https"
     } else {

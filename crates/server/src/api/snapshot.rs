@@ -10,20 +10,14 @@
 use crate::app::{ApiResult, AppState, json};
 use crate::extract::Json;
 use crate::problem::ProblemDoc;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use muster_registry::{Restored, SnapshotDoc};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-/// A snapshot of a large registry is larger than the server's usual body
-/// limit; this route alone takes up to 256 MiB.
-const SNAPSHOT_BODY_LIMIT: usize = 256 * 1024 * 1024;
-
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(save_snapshot, restore_snapshot))
-        .layer(DefaultBodyLimit::max(SNAPSHOT_BODY_LIMIT))
+    OpenApiRouter::new().routes(routes!(save_snapshot, restore_snapshot))
 }
 
 /// Every registry key at one revision, taken while the server keeps serving.
