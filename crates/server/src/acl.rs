@@ -497,11 +497,13 @@ async fn admit(state: &AppState, req: Request) -> Result<Request, Problem> {
         }
     }
     match rule {
+        // Every operation has a rule (a unit test walks the document), so a
+        // matched path without one is a method the route does not take.
         None => {
             return Err(Problem::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "this route has no access rule",
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
             ));
         }
         Some(Need::Public) | Some(Need::Handler) => {}

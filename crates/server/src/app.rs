@@ -100,6 +100,58 @@ impl AppState {
 )]
 struct ApiDoc;
 
+/// The errors any operation can answer, whatever it does: bad input, no
+/// or the wrong token, a body too large, a rate limit, a store not ready.
+/// Added to every operation so the document says what the server does.
+struct CommonErrors;
+
+impl utoipa::Modify for CommonErrors {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let problem = |what: &str| {
+            ResponseBuilder::new()
+                .description(what)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build()
+        };
+        let common = [
+            ("400", "invalid input; `field` names the offending field"),
+            ("401", "no token, or one this server does not know"),
+            ("403", "the token lacks the right this needs"),
+            ("413", "the body is larger than this route accepts"),
+            ("429", "rate limited or over a per-client cap; see Retry-After"),
+            ("503", "the store is loading or cannot take writes; see Retry-After"),
+        ];
+        for (path, item) in doc.paths.paths.iter_mut() {
+            if matches!(path.as_str(), "/health" | "/ready") {
+                continue;
+            }
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                for (code, what) in common {
+                    op.responses
+                        .responses
+                        .entry(code.to_string())
+                        .or_insert_with(|| problem(what).into());
+                }
+            }
+        }
+    }
+}
+
 fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(api::services::routes())
@@ -115,11 +167,14 @@ fn routes() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document of every native route.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes().into_openapi()
+    let mut doc = routes().into_openapi();
+    utoipa::Modify::modify(&CommonErrors, &mut doc);
+    doc
 }
 
 pub fn router(state: AppState) -> Router {
-    let (router, doc) = routes().split_for_parts();
+    let (router, mut doc) = routes().split_for_parts();
+    utoipa::Modify::modify(&CommonErrors, &mut doc);
     let doc = Arc::new(doc);
     router
         .route(
