@@ -17,6 +17,7 @@ mod metrics;
 mod ops;
 mod problem;
 mod serve;
+mod ws;
 
 pub use app::openapi;
 pub use config::{Config, RawConfig, StoreConfig};
