@@ -18,6 +18,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::http::request::Parts;
 use axum::response::Response;
 use bytes::{Buf, Bytes, BytesMut};
+use futures_util::FutureExt;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use std::io::{self, IoSlice};
@@ -305,18 +306,26 @@ impl WebSocket {
     /// Writes `frames` whole, as few writes as the socket allows. Their
     /// bytes may be shared with other sockets; only the handles advance.
     pub(crate) async fn send(&mut self, frames: &mut [Bytes]) -> Result<(), WsError> {
+        // The socket nearly always takes everything at once. Only when it
+        // does not is a timer armed: creating and dropping one takes a lock
+        // of the runtime's timer wheel, per watcher per event otherwise.
+        if let Some(done) = self.write_all(frames).now_or_never() {
+            return done;
+        }
         let within = self.write_within;
         tokio::time::timeout(within, self.write_all(frames))
             .await
             .map_err(|_| WsError::Stalled(within))?
     }
 
+    /// Cancel-safe: progress lives in `frames` (a written frame is left
+    /// empty), so a dropped call is resumed by the next one.
     async fn write_all(&mut self, frames: &mut [Bytes]) -> Result<(), WsError> {
-        let mut first = 0;
-        while first < frames.len() {
+        while let Some(i) = frames.iter().position(|f| !f.is_empty()) {
+            let rest = &mut frames[i..];
             let mut slices = [IoSlice::new(&[]); MAX_SLICES];
             let mut k = 0;
-            for (s, f) in slices.iter_mut().zip(&frames[first..]) {
+            for (s, f) in slices.iter_mut().zip(rest.iter()) {
                 *s = IoSlice::new(f);
                 k += 1;
             }
@@ -324,19 +333,13 @@ impl WebSocket {
             if n == 0 {
                 return Err(io::Error::from(io::ErrorKind::WriteZero).into());
             }
-            while n > 0 {
-                let f = &mut frames[first];
-                if n >= f.len() {
-                    n -= f.len();
-                    first += 1;
-                } else {
-                    f.advance(n);
-                    n = 0;
+            for f in rest.iter_mut() {
+                let step = n.min(f.len());
+                f.advance(step);
+                n -= step;
+                if n == 0 {
+                    break;
                 }
-            }
-            // Skip frames that were empty to begin with.
-            while first < frames.len() && frames[first].is_empty() {
-                first += 1;
             }
         }
         self.io.flush().await?;
