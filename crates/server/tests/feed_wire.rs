@@ -208,3 +208,41 @@ async fn a_peer_that_answers_no_ping_is_dropped() {
     assert!(pings >= 2, "pinged {pings} times before giving up");
     assert!(start.elapsed() >= Duration::from_millis(500));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_handshake_is_refused_before_any_upgrade() {
+    let srv = server(Duration::from_secs(10)).await;
+    let get = |version: &'static str, key: Option<&'static str>| {
+        let mut req = srv
+            .http
+            .get(format!("{}/api/v1/watch?services=wire", srv.base))
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", version);
+        if let Some(k) = key {
+            req = req.header("sec-websocket-key", k);
+        }
+        req.send()
+    };
+    for (version, key) in [("8", Some(KEY)), ("13", None)] {
+        let r = get(version, key).await.unwrap();
+        assert_eq!(r.status(), 400, "version {version}, key {key:?}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["code"], "invalid");
+    }
+    // The refused attempts left no watcher behind.
+    let metrics = srv
+        .http
+        .get(format!("{}/metrics", srv.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let watchers = metrics
+        .lines()
+        .find(|l| l.starts_with("muster_feed_watchers") || l.starts_with("muster_watchers"))
+        .unwrap_or_else(|| panic!("a watcher gauge in {metrics}"));
+    assert!(watchers.ends_with(" 0"), "{watchers}");
+}

@@ -104,14 +104,22 @@ async fn watch(State(s): State<AppState>, q: Query, req: Request) -> ApiResult<R
     }
     let registry = s.registry()?.clone();
     let hub = s.hub()?.clone();
+    // A bad handshake is refused before a subscription (and the watcher
+    // gauge) is taken; a 410 still wins over the 101 that is then dropped.
+    let upgrade = if wants_ws {
+        Some(
+            ws::upgrade(&mut parts, &s)
+                .await
+                .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "invalid", e))?,
+        )
+    } else {
+        None
+    };
     let sub = Subscription::open(&hub, registry, filter, from)
         .await
         .map_err(gone)?;
     s.metrics.watchers(1);
-    if wants_ws {
-        let (response, on_upgrade) = ws::upgrade(&mut parts, &s)
-            .await
-            .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "invalid", e))?;
+    if let Some((response, on_upgrade)) = upgrade {
         let metrics = s.metrics.clone();
         let ping = s.ping;
         tokio::spawn(async move {
