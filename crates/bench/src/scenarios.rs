@@ -684,9 +684,6 @@ enum Seen {
     Failed(String),
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 const FAN_PREFIX: &str = "/registry/fan/";
 
 /// Waits until `n` watchers have reported `Ready`.
@@ -798,22 +795,123 @@ async fn fan_rounds(
     })
 }
 
+/// One WebSocket watcher of service `fan`, read without a WebSocket library:
+/// the handshake by hand, then the server's frames straight off the socket.
+/// A client that only reads needs little of RFC 6455 (server frames are
+/// unmasked); it answers pings with masked pongs so muster keeps it. Leaner
+/// than tungstenite, so the harness's own reading of 10k sockets on the
+/// server's cores weighs less on muster's figures; etcd's watches are read
+/// by its own client (a thousand per gRPC stream, so little harness work).
+struct RawWs {
+    io: tokio::net::TcpStream,
+    buf: bytes::BytesMut,
+}
+
+impl RawWs {
+    async fn open(addr: &str, path: &str) -> Result<RawWs> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut io = tokio::net::TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connect {addr}"))?;
+        io.set_nodelay(true)?;
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        io.write_all(req.as_bytes()).await?;
+        let mut buf = bytes::BytesMut::with_capacity(1024);
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if buf.len() > 8192 || io.read_buf(&mut buf).await? == 0 {
+                bail!("no handshake answer from {addr}");
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        // The accept value of the RFC 6455 example key.
+        if !head.starts_with("http/1.1 101")
+            || !head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=")
+        {
+            bail!("not a WebSocket handshake: {head}");
+        }
+        let _ = buf.split_to(end);
+        Ok(RawWs { io, buf })
+    }
+
+    /// The next text message (pings answered on the way).
+    async fn text(&mut self) -> Result<bytes::Bytes> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            while let Some((opcode, payload)) = self.frame()? {
+                match opcode {
+                    0x1 => return Ok(payload),
+                    0x8 => bail!(
+                        "muster closed a watcher: {}",
+                        String::from_utf8_lossy(&payload)
+                    ),
+                    0x9 => {
+                        // A pong echoing the ping, masked (key 0: payload unchanged).
+                        let mut pong = vec![0x8A, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+                        pong.extend_from_slice(&payload);
+                        self.io.write_all(&pong).await?;
+                    }
+                    _ => {}
+                }
+            }
+            if self.buf.capacity() - self.buf.len() < 1024 {
+                self.buf.reserve(4096);
+            }
+            if self.io.read_buf(&mut self.buf).await? == 0 {
+                bail!("muster ended a watcher's connection");
+            }
+        }
+    }
+
+    /// One whole server frame off the buffer: (opcode, payload).
+    fn frame(&mut self) -> Result<Option<(u8, bytes::Bytes)>> {
+        use bytes::Buf;
+        let b = &self.buf;
+        if b.len() < 2 {
+            return Ok(None);
+        }
+        if b[0] & 0x80 == 0 || b[1] & 0x80 != 0 {
+            bail!("muster sent a fragmented or masked frame");
+        }
+        let (len, at) = match b[1] {
+            126 if b.len() >= 4 => (usize::from(u16::from_be_bytes([b[2], b[3]])), 4),
+            127 if b.len() >= 10 => (
+                usize::try_from(u64::from_be_bytes(b[2..10].try_into()?))?,
+                10,
+            ),
+            126 | 127 => return Ok(None),
+            n => (usize::from(n), 2),
+        };
+        if b.len() < at + len {
+            return Ok(None);
+        }
+        let opcode = b[0] & 0x0F;
+        self.buf.advance(at);
+        Ok(Some((opcode, self.buf.split_to(len).freeze())))
+    }
+}
+
 /// One WebSocket watcher of service `fan`, its opening snapshot read.
-async fn ws_watcher(url: &str) -> Result<Ws> {
-    use futures_util::StreamExt;
-    use tokio_tungstenite::tungstenite::Message;
-    // Small client buffers: the harness holds 10k of these next to the server.
-    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(4096);
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
-        .await
-        .with_context(|| format!("connect {url}"))?;
-    match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
-        Ok(Some(Ok(Message::Text(t)))) if t.contains(r#""kind":"snapshot""#) => Ok(ws),
-        Ok(other) => bail!("expected a snapshot first, got {other:?}"),
+async fn ws_watcher(addr: &str) -> Result<RawWs> {
+    let mut ws = RawWs::open(addr, "/api/v1/watch?services=fan").await?;
+    match tokio::time::timeout(Duration::from_secs(30), ws.text()).await {
+        Ok(Ok(t)) if memchr_contains(&t, br#""kind":"snapshot""#) => Ok(ws),
+        Ok(Ok(t)) => bail!(
+            "expected a snapshot first, got {}",
+            String::from_utf8_lossy(&t)
+        ),
+        Ok(Err(e)) => Err(e),
         Err(_) => bail!("no snapshot within 30 s"),
     }
+}
+
+fn memchr_contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Opens `n` WebSocket watchers over a few tasks, each owning its share of the
@@ -824,22 +922,27 @@ fn spawn_ws_watchers(
     tx: &tokio::sync::mpsc::UnboundedSender<Seen>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     use futures_util::StreamExt;
-    use tokio_tungstenite::tungstenite::Message;
     let tasks = 4.min(n.max(1));
     (0..tasks)
         .map(|t| {
             let share = n / tasks + usize::from(t < n % tasks);
-            let url = format!("ws://{addr}/api/v1/watch?services=fan");
+            let addr = addr.to_string();
             let tx = tx.clone();
             tokio::spawn(async move {
                 let mut sockets = futures_util::stream::SelectAll::new();
                 let mut opening = futures_util::stream::iter(0..share)
-                    .map(|_| ws_watcher(&url))
+                    .map(|_| ws_watcher(&addr))
                     .buffer_unordered(16);
                 while let Some(r) = opening.next().await {
                     match r {
                         Ok(ws) => {
-                            sockets.push(ws);
+                            sockets.push(
+                                futures_util::stream::unfold(ws, |mut ws| async move {
+                                    let r = ws.text().await;
+                                    Some((r, ws))
+                                })
+                                .boxed(),
+                            );
                             load::PROGRESS.fetch_add(1, Ordering::Relaxed);
                             let _ = tx.send(Seen::Ready);
                         }
@@ -852,16 +955,17 @@ fn spawn_ws_watchers(
                 drop(opening);
                 while let Some(msg) = sockets.next().await {
                     let seen = match msg {
-                        Ok(Message::Text(t)) if t.contains(r#""kind":"registered""#) => {
+                        Ok(t) if memchr_contains(&t, br#""kind":"registered""#) => {
                             Seen::Arrived(tokio::time::Instant::now())
                         }
-                        Ok(Message::Close(c)) => {
-                            Seen::Failed(format!("muster closed a watcher: {c:?}"))
-                        }
                         Ok(_) => continue,
-                        Err(e) => Seen::Failed(format!("watcher: {e}")),
+                        Err(e) => Seen::Failed(format!("watcher: {e:#}")),
                     };
+                    let failed = matches!(seen, Seen::Failed(_));
                     let _ = tx.send(seen);
+                    if failed {
+                        return;
+                    }
                 }
             })
         })

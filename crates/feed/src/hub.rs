@@ -5,7 +5,7 @@ use bytes::Bytes;
 use muster_core::{BROADCAST, Event, EventKind};
 use muster_registry::{Registry, events_of};
 use muster_store::{DynStore, Revision, StoreError};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -19,6 +19,9 @@ pub struct FeedItem {
     pub service: Arc<str>,
     /// The event as a JSON object, serialized once.
     pub json: Bytes,
+    /// The event as a transport puts it on the wire (a WebSocket frame),
+    /// encoded by the first subscriber that sends it and shared by the rest.
+    wire: OnceLock<Bytes>,
 }
 
 impl FeedItem {
@@ -28,7 +31,14 @@ impl FeedItem {
             kind: e.kind,
             service: e.service.as_str().into(),
             json: Bytes::from(serde_json::to_vec(e).unwrap_or_default()),
+            wire: OnceLock::new(),
         }
+    }
+
+    /// The item's wire form: `encode(json)`, computed once per item. Every
+    /// caller must pass the same encoding.
+    pub fn wire(&self, encode: impl FnOnce(&[u8]) -> Bytes) -> Bytes {
+        self.wire.get_or_init(|| encode(&self.json)).clone()
     }
 
     pub fn is_broadcast(&self) -> bool {

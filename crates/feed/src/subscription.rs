@@ -56,6 +56,28 @@ pub enum SubscriptionError {
 pub struct Message {
     pub revision: Revision,
     pub json: Bytes,
+    /// The live item this message is, when sent as the hub published it:
+    /// its wire form can then be shared with every other subscriber.
+    shared: Option<Arc<FeedItem>>,
+}
+
+impl Message {
+    fn own(revision: Revision, json: Bytes) -> Message {
+        Message {
+            revision,
+            json,
+            shared: None,
+        }
+    }
+
+    /// The message as `encode` puts it on the wire; encoded once for all
+    /// subscribers when the message is a live item sent unchanged.
+    pub fn wire(&self, encode: fn(&[u8]) -> Bytes) -> Bytes {
+        match &self.shared {
+            Some(item) => item.wire(encode),
+            None => encode(&self.json),
+        }
+    }
 }
 
 pub struct Subscription {
@@ -116,10 +138,10 @@ impl Subscription {
                         String::from_utf8(list_json(&instances)).unwrap_or_else(|_| "[]".into()),
                     )
                     .ok();
-                    backlog.push_back(Message {
-                        revision: rev,
-                        json: Bytes::from(serde_json::to_vec(&e).unwrap_or_default()),
-                    });
+                    backlog.push_back(Message::own(
+                        rev,
+                        Bytes::from(serde_json::to_vec(&e).unwrap_or_default()),
+                    ));
                 }
                 rev
             }
@@ -143,10 +165,7 @@ impl Subscription {
         for item in history {
             if sub.filter.matches(&item) {
                 let json = sub.render(&item);
-                sub.backlog.push_back(Message {
-                    revision: item.revision,
-                    json,
-                });
+                sub.backlog.push_back(Message::own(item.revision, json));
             }
         }
         Ok(sub)
@@ -157,8 +176,13 @@ impl Subscription {
         self.delivered
     }
 
+    /// Whether this subscriber sends `item` exactly as the hub serialized it.
+    fn unchanged(&self, item: &FeedItem) -> bool {
+        !self.filter.full || item.is_broadcast() || item.kind == EventKind::Custom
+    }
+
     fn render(&self, item: &FeedItem) -> Bytes {
-        if !self.filter.full || item.is_broadcast() || item.kind == EventKind::Custom {
+        if self.unchanged(item) {
             return item.json.clone();
         }
         // `full`: the event plus the service's current instance list.
@@ -172,6 +196,37 @@ impl Subscription {
         Bytes::from(out)
     }
 
+    /// A live item this subscriber has not seen yet: `Some` when it is
+    /// to be sent, `None` when filtered out or already delivered.
+    fn take(&mut self, item: Arc<FeedItem>) -> Option<Arc<FeedItem>> {
+        if item.revision < self.live_from {
+            return None;
+        }
+        // Items of one revision arrive together; the revision is complete
+        // once a later one shows up.
+        self.delivered = self.delivered.max(item.revision.saturating_sub(1));
+        self.filter.matches(&item).then_some(item)
+    }
+
+    fn live(&self, item: Arc<FeedItem>) -> Message {
+        if self.unchanged(&item) {
+            Message {
+                revision: item.revision,
+                json: item.json.clone(),
+                shared: Some(item),
+            }
+        } else {
+            Message::own(item.revision, self.render(&item))
+        }
+    }
+
+    fn lagged(&self) -> SubscriptionError {
+        SubscriptionError::Lagged {
+            resume_from: self.delivered,
+            buffer: crate::hub::BUFFER,
+        }
+    }
+
     /// The next message.
     pub async fn next(&mut self) -> Result<Message, SubscriptionError> {
         if let Some(b) = self.backlog.pop_front() {
@@ -180,30 +235,39 @@ impl Subscription {
         loop {
             match self.rx.recv().await {
                 Ok(item) => {
-                    if item.revision < self.live_from {
-                        continue;
-                    }
-                    // Items of one revision arrive together; the revision is
-                    // complete once a later one shows up.
-                    self.delivered = self.delivered.max(item.revision.saturating_sub(1));
-                    if self.filter.matches(&item) {
+                    if let Some(item) = self.take(item) {
                         if self.filter.full {
                             // The list must include this very change.
                             let _ = self.registry.caught_up(item.revision).await;
                         }
-                        return Ok(Message {
-                            revision: item.revision,
-                            json: self.render(&item),
-                        });
+                        return Ok(self.live(item));
                     }
                 }
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    return Err(SubscriptionError::Lagged {
-                        resume_from: self.delivered,
-                        buffer: crate::hub::BUFFER,
-                    });
-                }
+                Err(broadcast::error::RecvError::Lagged(_)) => return Err(self.lagged()),
                 Err(broadcast::error::RecvError::Closed) => return Err(SubscriptionError::Closed),
+            }
+        }
+    }
+
+    /// The next message if one is ready now, so a transport can put several
+    /// into one write. `None` when nothing is ready, and always with `full`
+    /// (whose messages may have to wait for the index).
+    pub fn try_next(&mut self) -> Option<Result<Message, SubscriptionError>> {
+        if let Some(b) = self.backlog.pop_front() {
+            return Some(Ok(b));
+        }
+        if self.filter.full {
+            return None;
+        }
+        loop {
+            match self.rx.try_recv() {
+                Ok(item) => {
+                    if let Some(item) = self.take(item) {
+                        return Some(Ok(self.live(item)));
+                    }
+                }
+                Err(broadcast::error::TryRecvError::Lagged(_)) => return Some(Err(self.lagged())),
+                Err(_) => return None,
             }
         }
     }

@@ -20,6 +20,7 @@ mod ops;
 mod problem;
 mod serve;
 pub mod tls;
+mod ws;
 
 pub use app::openapi;
 pub use config::{Config, RawConfig, StoreConfig};

@@ -4,8 +4,8 @@
 use crate::app::{ApiResult, AppState, json};
 use crate::extract::{Json, Query};
 use crate::problem::{Problem, ProblemDoc};
-use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
-use axum::extract::{FromRequestParts, Request, State};
+use crate::ws::{self, Incoming, WebSocket};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -16,16 +16,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-/// Read and write buffer of a feed or session WebSocket.
-pub(crate) const WS_BUFFER: usize = 4096;
-
-/// An event as a WebSocket text frame, sharing the serialized bytes (no copy per watcher).
-pub(crate) fn text(json: &bytes::Bytes) -> WsMessage {
-    match axum::extract::ws::Utf8Bytes::try_from(json.clone()) {
-        Ok(t) => WsMessage::Text(t),
-        Err(_) => WsMessage::Text(String::from_utf8_lossy(json).into_owned().into()),
-    }
-}
+/// Messages already waiting that one write may carry together.
+const COALESCE: usize = 16;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -112,23 +104,31 @@ async fn watch(State(s): State<AppState>, q: Query, req: Request) -> ApiResult<R
     }
     let registry = s.registry()?.clone();
     let hub = s.hub()?.clone();
+    // A bad handshake is refused before a subscription (and the watcher
+    // gauge) is taken; a 410 still wins over the 101 that is then dropped.
+    let upgrade = if wants_ws {
+        Some(
+            ws::upgrade(&mut parts, &s)
+                .await
+                .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "invalid", e))?,
+        )
+    } else {
+        None
+    };
     let sub = Subscription::open(&hub, registry, filter, from)
         .await
         .map_err(gone)?;
     s.metrics.watchers(1);
-    if wants_ws {
-        let ws = WebSocketUpgrade::from_request_parts(&mut parts, &s)
-            .await
-            .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "invalid", e.to_string()))?;
-        // Watchers only send pongs and closes: small buffers instead of the
-        // 128 KiB defaults, which dominated memory per watcher.
-        let ws = ws.read_buffer_size(WS_BUFFER).write_buffer_size(WS_BUFFER);
+    if let Some((response, on_upgrade)) = upgrade {
         let metrics = s.metrics.clone();
         let ping = s.ping;
-        return Ok(ws.on_upgrade(move |socket| async move {
-            serve_ws(socket, sub, ping).await;
+        tokio::spawn(async move {
+            if let Ok(io) = on_upgrade.await {
+                serve_ws(WebSocket::new(io, ping * 3), sub, ping).await;
+            }
             metrics.watchers(-1);
-        }));
+        });
+        return Ok(response);
     }
     Ok(sse(s, sub))
 }
@@ -158,39 +158,75 @@ fn closing(e: &SubscriptionError) -> String {
 }
 
 /// Pushes the subscription down the socket; pings the peer and drops it when
-/// it stops answering.
+/// it stops answering. Each event's frame is encoded once for all watchers
+/// (`Message::wire`); messages already waiting go out in the same write.
 pub(crate) async fn serve_ws(mut socket: WebSocket, mut sub: Subscription, every: Duration) {
     let mut ping = tokio::time::interval(every);
     ping.tick().await;
     let mut last_heard = tokio::time::Instant::now();
+    // Reused across events: no allocation per event once it has grown.
+    let mut frames: Vec<bytes::Bytes> = Vec::with_capacity(1);
     loop {
         tokio::select! {
-            msg = sub.next() => match msg {
-                Ok(m) => {
-                    if socket.send(text(&m.json)).await.is_err() {
-                        return;
+            // Events first: a wake-up for an event then polls nothing else
+            // (the socket and the ping timer are polled only while idle).
+            biased;
+            msg = sub.next() => {
+                let mut ended = None;
+                match msg {
+                    Ok(m) => frames.push(m.wire(ws::text_frame)),
+                    Err(e) => ended = Some(e),
+                }
+                while ended.is_none() && frames.len() < COALESCE {
+                    match sub.try_next() {
+                        Some(Ok(m)) => frames.push(m.wire(ws::text_frame)),
+                        Some(Err(e)) => ended = Some(e),
+                        None => break,
                     }
                 }
-                Err(e) => {
-                    let _ = socket.send(WsMessage::Text(closing(&e).into())).await;
-                    let _ = socket.send(WsMessage::Close(None)).await;
+                let sent = socket.send(&mut frames).await;
+                frames.clear();
+                if sent.is_err() {
+                    return;
+                }
+                if let Some(e) = ended {
+                    if socket.send_text(&closing(&e)).await.is_ok() {
+                        let (code, reason) = close_code(&e);
+                        socket.close(code, reason).await;
+                    }
                     return;
                 }
             },
             incoming = socket.recv() => match incoming {
-                Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => return,
-                Some(Ok(_)) => last_heard = tokio::time::Instant::now(),
+                Ok(Incoming::Close(code)) => return socket.close_reply(code).await,
+                Ok(Incoming::Ping(p)) => {
+                    last_heard = tokio::time::Instant::now();
+                    if socket.pong(&p).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => last_heard = tokio::time::Instant::now(),
+                Err(e) => return socket.fail(&e).await,
             },
             _ = ping.tick() => {
                 if last_heard.elapsed() > every * 3 {
                     tracing::info!("watcher stopped answering pings; closing");
                     return;
                 }
-                if socket.send(WsMessage::Ping(Vec::new().into())).await.is_err() {
+                if socket.ping().await.is_err() {
                     return;
                 }
             }
         }
+    }
+}
+
+/// The close frame's code and reason; the closing message says the rest.
+fn close_code(e: &SubscriptionError) -> (u16, &'static str) {
+    match e {
+        SubscriptionError::Lagged { .. } => (ws::POLICY, "lagged"),
+        SubscriptionError::Gone { .. } => (ws::POLICY, "gone"),
+        _ => (ws::GOING_AWAY, "closed"),
     }
 }
 

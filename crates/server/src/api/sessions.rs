@@ -11,8 +11,8 @@
 
 use crate::app::{ApiResult, AppState};
 use crate::problem::Problem;
-use axum::extract::State;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use crate::ws::{self, Incoming, WebSocket};
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use muster_core::RegisterBody;
@@ -38,11 +38,9 @@ const HELLO_WITHIN: Duration = Duration::from_secs(10);
         (status = 101, description = "WebSocket: first a `session` message with the registered instance, then events"),
         (status = 400, description = "not a WebSocket upgrade", body = crate::problem::ProblemDoc, content_type = "application/problem+json"),
     ))]
-async fn session(
-    State(s): State<AppState>,
-    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
-) -> ApiResult<Response> {
-    let ws = ws.map_err(|e| {
+async fn session(State(s): State<AppState>, req: Request) -> ApiResult<Response> {
+    let (mut parts, _) = req.into_parts();
+    let (response, on_upgrade) = ws::upgrade(&mut parts, &s).await.map_err(|e| {
         Problem::new(
             StatusCode::BAD_REQUEST,
             "invalid",
@@ -50,10 +48,12 @@ async fn session(
         )
     })?;
     s.registry()?;
-    let ws = ws
-        .read_buffer_size(super::feed::WS_BUFFER)
-        .write_buffer_size(super::feed::WS_BUFFER);
-    Ok(ws.on_upgrade(move |socket| run(socket, s)))
+    tokio::spawn(async move {
+        if let Ok(io) = on_upgrade.await {
+            run(WebSocket::new(io, s.ping * 3), s).await;
+        }
+    });
+    Ok(response)
 }
 
 #[derive(Serialize)]
@@ -72,12 +72,13 @@ async fn refuse(mut socket: WebSocket, p: Problem) {
         detail: p.detail.clone(),
         field: p.field.clone(),
     };
-    let _ = socket
-        .send(Message::Text(
-            serde_json::to_string(&msg).unwrap_or_default().into(),
-        ))
-        .await;
-    let _ = socket.send(Message::Close(None)).await;
+    if socket
+        .send_text(&serde_json::to_string(&msg).unwrap_or_default())
+        .await
+        .is_ok()
+    {
+        socket.close(ws::POLICY, "refused").await;
+    }
 }
 
 /// Splits the hello into the register body and the monitored services.
@@ -108,8 +109,10 @@ fn parse_hello(text: &str) -> Result<(String, RegisterBody, Vec<String>), Proble
 
 async fn run(mut socket: WebSocket, s: AppState) {
     let hello = match tokio::time::timeout(HELLO_WITHIN, socket.recv()).await {
-        Ok(Some(Ok(Message::Text(t)))) => t.to_string(),
-        Ok(Some(Ok(_))) => {
+        Ok(Ok(Incoming::Text(t))) => t,
+        Ok(Err(e)) => return socket.fail(&e).await,
+        Ok(Ok(Incoming::Close(code))) => return socket.close_reply(code).await,
+        Ok(Ok(_)) => {
             return refuse(
                 socket,
                 Problem::bad_request("body", "the first message must be a text register body"),
@@ -163,26 +166,37 @@ async fn run(mut socket: WebSocket, s: AppState) {
     let mut ping = tokio::time::interval(s.ping);
     let silent_limit = s.ping * 3;
     let mut last_heard = tokio::time::Instant::now();
-    let reason = if socket
-        .send(Message::Text(hello_back.to_string().into()))
-        .await
-        .is_err()
-    {
+    let mut frames: Vec<bytes::Bytes> = Vec::with_capacity(1);
+    let mut peer_closed = None;
+    let reason = if socket.send_text(&hello_back.to_string()).await.is_err() {
         "peer gone"
     } else {
         loop {
             tokio::select! {
                 msg = sub.next() => match msg {
                     Ok(m) => {
-                        if socket.send(super::feed::text(&m.json)).await.is_err() {
+                        frames.push(m.wire(ws::text_frame));
+                        let sent = socket.send(&mut frames).await;
+                        frames.clear();
+                        if sent.is_err() {
                             break "peer gone";
                         }
                     }
                     Err(_) => break "feed ended",
                 },
                 incoming = socket.recv() => match incoming {
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break "closed",
-                    Some(Ok(_)) => last_heard = tokio::time::Instant::now(),
+                    Ok(Incoming::Close(code)) => {
+                        peer_closed = Some(code);
+                        break "closed";
+                    }
+                    Ok(Incoming::Ping(p)) => {
+                        last_heard = tokio::time::Instant::now();
+                        if socket.pong(&p).await.is_err() {
+                            break "peer gone";
+                        }
+                    }
+                    Ok(_) => last_heard = tokio::time::Instant::now(),
+                    Err(_) => break "closed",
                 },
                 _ = renew.tick() => {
                     if store.lease_keepalive(lease).await.is_err() {
@@ -193,7 +207,7 @@ async fn run(mut socket: WebSocket, s: AppState) {
                     if last_heard.elapsed() > silent_limit {
                         break "silent peer";
                     }
-                    if socket.send(Message::Ping(Vec::new().into())).await.is_err() {
+                    if socket.ping().await.is_err() {
                         break "peer gone";
                     }
                 }
@@ -202,6 +216,9 @@ async fn run(mut socket: WebSocket, s: AppState) {
     };
     // The socket was the lease: ending it removes the instance (`expired`).
     let _ = store.lease_revoke(lease).await;
+    if let Some(code) = peer_closed {
+        socket.close_reply(code).await;
+    }
     s.metrics.sessions(-1);
     tracing::info!(service, reason, "session ended");
 }
