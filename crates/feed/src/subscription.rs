@@ -11,21 +11,41 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use tokio::sync::broadcast;
 
-/// Which services a subscriber hears about (`None`: all).
-#[derive(Debug, Clone, Default)]
+/// Which services a subscriber may hear about at all (its token's read
+/// rights), whatever it asked for.
+pub type Allow = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// Which services a subscriber hears about (`None`: all it may read).
+#[derive(Clone, Default)]
 pub struct Filter {
     pub services: Option<HashSet<String>>,
     /// Attach the service's current instance list to every delta.
     pub full: bool,
+    /// `None`: every service may be read.
+    pub allow: Option<Allow>,
+}
+
+impl std::fmt::Debug for Filter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Filter")
+            .field("services", &self.services)
+            .field("full", &self.full)
+            .field("restricted", &self.allow.is_some())
+            .finish()
+    }
 }
 
 impl Filter {
+    /// Broadcast events reach everyone; others only watchers of their
+    /// service that may read it.
     pub fn matches(&self, item: &FeedItem) -> bool {
-        item.is_broadcast()
-            || self
-                .services
-                .as_ref()
-                .is_none_or(|s| s.contains(&*item.service))
+        item.is_broadcast() || self.wants(&item.service)
+    }
+
+    /// Whether the subscriber watches `service` and may read it.
+    pub fn wants(&self, service: &str) -> bool {
+        self.services.as_ref().is_none_or(|s| s.contains(service))
+            && self.allow.as_ref().is_none_or(|allow| allow(service))
     }
 }
 
@@ -133,6 +153,9 @@ impl Subscription {
                 });
                 let (rev, snap) = registry.snapshot(services.as_deref());
                 for (service, instances) in snap {
+                    if !filter.wants(&service) {
+                        continue;
+                    }
                     let mut e = Event::new(rev, EventKind::Snapshot, service, now());
                     e.instances = serde_json::value::RawValue::from_string(
                         String::from_utf8(list_json(&instances)).unwrap_or_else(|_| "[]".into()),

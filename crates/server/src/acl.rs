@@ -139,6 +139,16 @@ impl Caller {
         }
     }
 
+    /// For feed filters: `None` when every service may be read, else the
+    /// predicate this caller's rights make.
+    pub fn read_filter(&self) -> Option<muster_feed::Allow> {
+        if self.reads_everything() {
+            return None;
+        }
+        let me = self.clone();
+        Some(Arc::new(move |service: &str| me.may_read(service)))
+    }
+
     /// May be anything but an anonymous caller refused.
     pub fn require_token(&self) -> Result<(), Problem> {
         match self {
@@ -364,7 +374,7 @@ pub fn need(method: &Method, route: &str) -> Option<Need> {
         | "/api/v1/checks/{id}/pass"
         | "/api/v1/checks/{id}/warn"
         | "/api/v1/checks/{id}/fail" => WriteCheck,
-        "/api/v1/watch" | "/api/v1/events" | "/api/v1/sessions" => Operator,
+        "/api/v1/watch" | "/api/v1/events" | "/api/v1/sessions" => Handler,
         "/api/v1/prometheus/targets" => Handler,
         "/api/v1/cluster" => Reader,
         "/api/v1/elections/{name}"

@@ -124,8 +124,14 @@ impl utoipa::Modify for CommonErrors {
             ("401", "no token, or one this server does not know"),
             ("403", "the token lacks the right this needs"),
             ("413", "the body is larger than this route accepts"),
-            ("429", "rate limited or over a per-client cap; see Retry-After"),
-            ("503", "the store is loading or cannot take writes; see Retry-After"),
+            (
+                "429",
+                "rate limited or over a per-client cap; see Retry-After",
+            ),
+            (
+                "503",
+                "the store is loading or cannot take writes; see Retry-After",
+            ),
         ];
         for (path, item) in doc.paths.paths.iter_mut() {
             if matches!(path.as_str(), "/health" | "/ready") {

@@ -572,3 +572,228 @@ fn tokens_without_acl_enabled_are_refused_and_so_are_bad_rights() {
     let c = check("http_addr = \"0.0.0.0:8500\"\n[acl]\nenabled = true").unwrap();
     assert!(c.check_exposure().is_ok());
 }
+
+/// Reads SSE `data:` lines until `want` of them arrived (or a second passed).
+async fn sse_events(resp: &mut reqwest::Response, want: usize) -> Vec<Value> {
+    let mut buf = String::new();
+    let mut out = Vec::new();
+    while out.len() < want {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(1), resp.chunk()).await;
+        let Ok(Ok(Some(bytes))) = chunk else { break };
+        buf.push_str(&String::from_utf8_lossy(&bytes));
+        while let Some(end) = buf.find("\n\n") {
+            let frame: String = buf.drain(..end + 2).collect();
+            for line in frame.lines() {
+                if let Some(data) = line.strip_prefix("data:") {
+                    out.push(serde_json::from_str(data.trim()).unwrap());
+                }
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_feed_the_event_log_and_custom_events_follow_the_rights() {
+    let a = start("none").await;
+    let post = |svc: &str| format!("/api/v1/services/{svc}/instances");
+    for svc in ["web", "internal-billing"] {
+        let (st, _) = a
+            .call(Method::POST, &post(svc), Some(OPS), Some(instance(1)))
+            .await;
+        assert_eq!(st, StatusCode::CREATED);
+    }
+    let watch = |token: Option<&str>, query: &str| {
+        let mut r =
+            a.s.http
+                .get(format!("{}/api/v1/watch{query}", a.s.base))
+                .header("accept", "text/event-stream");
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    assert_eq!(
+        watch(None, "").await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        watch(Some(DEPLOYER), "?services=internal-billing")
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+    // Watching everything: only what the token may read, snapshots included.
+    let mut feed = watch(Some(DEPLOYER), "").await.unwrap();
+    assert_eq!(feed.status(), StatusCode::OK);
+    let opening = sse_events(&mut feed, 1).await;
+    assert_eq!(opening.len(), 1, "{opening:?}");
+    assert_eq!(opening[0]["kind"], "snapshot");
+    assert_eq!(opening[0]["service"], "web");
+    let (st, _) = a
+        .call(
+            Method::POST,
+            &post("internal-billing"),
+            Some(OPS),
+            Some(instance(2)),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let (st, _) = a
+        .call(Method::POST, &post("web"), Some(OPS), Some(instance(2)))
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let (st, _) = a
+        .call(
+            Method::POST,
+            "/api/v1/events",
+            Some(OPS),
+            Some(json!({"type": "deploy", "broadcast": true})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED);
+    let deltas = sse_events(&mut feed, 3).await;
+    let seen: Vec<(String, String)> = deltas
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().into(),
+                e["service"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("registered".to_string(), "web".to_string()),
+            ("custom".to_string(), "*".to_string())
+        ],
+        "internal-billing's registration is not shown; the broadcast is"
+    );
+
+    // The event log, filtered the same way.
+    let (st, log) = a
+        .call(Method::GET, "/api/v1/events?since=0", Some(DEPLOYER), None)
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(!log.to_string().contains("internal-billing"), "{log}");
+    assert!(log.to_string().contains("\"web\""), "{log}");
+    let (st, _) = a
+        .call(
+            Method::GET,
+            "/api/v1/events?service=internal-billing",
+            Some(DEPLOYER),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+
+    // Custom events: write on every target; a broadcast needs the operator.
+    for (body, want) in [
+        (
+            json!({"type": "t", "services": ["web"]}),
+            StatusCode::ACCEPTED,
+        ),
+        (
+            json!({"type": "t", "services": ["web", "api"]}),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            json!({"type": "t", "broadcast": true}),
+            StatusCode::FORBIDDEN,
+        ),
+    ] {
+        let (st, resp) = a
+            .call(
+                Method::POST,
+                "/api/v1/events",
+                Some(DEPLOYER),
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(st, want, "{body}: {resp}");
+    }
+}
+
+#[tokio::test]
+async fn sessions_need_write_on_their_service_and_read_on_what_they_monitor() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+    let a = start("none").await;
+    let open = |token: &str, hello: Value| {
+        let addr = a.s.addr.clone();
+        let token = token.to_string();
+        async move {
+            let mut req = format!("ws://{addr}/api/v1/sessions")
+                .into_client_request()
+                .unwrap();
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+            ws.send(Message::text(hello.to_string())).await.unwrap();
+            let first = tokio::time::timeout(std::time::Duration::from_secs(2), ws.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            serde_json::from_str::<Value>(first.to_text().unwrap()).unwrap()
+        }
+    };
+    let hello = |svc: &str, monitor: &[&str]| json!({"service": svc, "address": "10.0.0.9", "port": 9, "monitor": monitor});
+    let refused = open(DEPLOYER, hello("api", &[])).await;
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+    let refused = open(DEPLOYER, hello("web", &["internal-billing"])).await;
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+    let ok = open(DEPLOYER, hello("web", &["api"])).await;
+    assert_ne!(ok["kind"], "error", "{ok}");
+    // Without a token the upgrade itself is refused.
+    let err = tokio_tungstenite::connect_async(format!("ws://{}/api/v1/sessions", a.s.addr)).await;
+    assert!(err.is_err());
+}
+
+#[tokio::test]
+async fn watchers_per_client_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config("read", dir.path());
+    c.client_limits.watchers_per_client = 2;
+    c.client_limits.limit_loopback = true;
+    let s = common::start_ready(c).await;
+    let watch = || {
+        s.http
+            .get(format!("{}/api/v1/watch", s.base))
+            .header("accept", "text/event-stream")
+            .bearer_auth(READER)
+            .send()
+    };
+    let first = watch().await.unwrap();
+    let second = watch().await.unwrap();
+    assert_eq!(
+        (first.status(), second.status()),
+        (StatusCode::OK, StatusCode::OK)
+    );
+    let third = watch().await.unwrap();
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(third.headers().contains_key("retry-after"));
+    // Another client (here: another token) has its own count.
+    let other = s
+        .http
+        .get(format!("{}/api/v1/watch", s.base))
+        .header("accept", "text/event-stream")
+        .bearer_auth(DEPLOYER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), StatusCode::OK);
+    drop(first);
+    // The slot comes back once the server sees the stream end.
+    let mut freed = false;
+    for _ in 0..50 {
+        if watch().await.unwrap().status() == StatusCode::OK {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(freed, "a closed watcher gives its slot back");
+}

@@ -1,8 +1,10 @@
 //! `/api/v1/watch` (WebSocket, or SSE with `Accept: text/event-stream`) and
 //! `/api/v1/events` (the retained event log; custom events).
 
+use crate::acl::{Caller, Client};
 use crate::app::{ApiResult, AppState, json};
 use crate::extract::{Json, Query};
+use crate::limits::{Stream, StreamGuard};
 use crate::problem::{Problem, ProblemDoc};
 use crate::ws::{self, Incoming, WebSocket};
 use axum::extract::{Request, State};
@@ -59,7 +61,14 @@ pub(crate) fn parse_filter(q: &Query) -> ApiResult<(Filter, Option<u64>)> {
         })
         .transpose()?;
     let full = q.flag("full")?.unwrap_or(false);
-    Ok((Filter { services, full }, from))
+    Ok((
+        Filter {
+            services,
+            full,
+            allow: None,
+        },
+        from,
+    ))
 }
 
 /// The change feed. Without `from`: one `snapshot` per watched service, then
@@ -77,8 +86,24 @@ pub(crate) fn parse_filter(q: &Query) -> ApiResult<(Filter, Option<u64>)> {
         (status = 400, body = ProblemDoc, content_type = "application/problem+json"),
         (status = 410, description = "from is older than the retained history", body = ProblemDoc, content_type = "application/problem+json"),
     ))]
-async fn watch(State(s): State<AppState>, q: Query, req: Request) -> ApiResult<Response> {
-    let (filter, mut from) = parse_filter(&q)?;
+async fn watch(
+    State(s): State<AppState>,
+    caller: Caller,
+    client: Client,
+    q: Query,
+    req: Request,
+) -> ApiResult<Response> {
+    let (mut filter, mut from) = parse_filter(&q)?;
+    // Naming a service one may not read is refused; watching everything
+    // shows only what one may read.
+    if let Some(services) = &filter.services {
+        let mut names: Vec<&String> = services.iter().collect();
+        names.sort();
+        for name in names {
+            caller.require_read(name)?;
+        }
+    }
+    filter.allow = caller.read_filter();
     let (mut parts, _) = req.into_parts();
     let headers: &HeaderMap = &parts.headers;
     // SSE clients resume with Last-Event-ID.
@@ -115,6 +140,8 @@ async fn watch(State(s): State<AppState>, q: Query, req: Request) -> ApiResult<R
     } else {
         None
     };
+    // Counted against the client's cap for as long as the stream lives.
+    let slot = s.limits.open(client.0, Stream::Watcher)?;
     let sub = Subscription::open(&hub, registry, filter, from)
         .await
         .map_err(gone)?;
@@ -127,10 +154,11 @@ async fn watch(State(s): State<AppState>, q: Query, req: Request) -> ApiResult<R
                 serve_ws(WebSocket::new(io, ping * 3), sub, ping).await;
             }
             metrics.watchers(-1);
+            drop(slot);
         });
         return Ok(response);
     }
-    Ok(sse(s, sub))
+    Ok(sse(s, sub, slot))
 }
 
 #[derive(Serialize)]
@@ -230,15 +258,15 @@ fn close_code(e: &SubscriptionError) -> (u16, &'static str) {
     }
 }
 
-fn sse(s: AppState, sub: Subscription) -> Response {
-    struct Guard(AppState);
+fn sse(s: AppState, sub: Subscription, slot: StreamGuard) -> Response {
+    struct Guard(AppState, #[allow(dead_code)] StreamGuard);
     impl Drop for Guard {
         fn drop(&mut self) {
             self.0.metrics.watchers(-1);
         }
     }
     let stream = futures_util::stream::unfold(
-        (sub, false, Guard(s)),
+        (sub, false, Guard(s, slot)),
         |(mut sub, done, guard)| async move {
             if done {
                 return None;
@@ -274,7 +302,7 @@ fn sse(s: AppState, sub: Subscription) -> Response {
         (status = 400, body = ProblemDoc, content_type = "application/problem+json"),
         (status = 410, body = ProblemDoc, content_type = "application/problem+json"),
     ))]
-async fn list_events(State(s): State<AppState>, q: Query) -> ApiResult<Response> {
+async fn list_events(State(s): State<AppState>, caller: Caller, q: Query) -> ApiResult<Response> {
     let hub = s.hub()?;
     let store = hub.store();
     let since = match q.one("since") {
@@ -294,6 +322,10 @@ async fn list_events(State(s): State<AppState>, q: Query) -> ApiResult<Response>
             })?,
     };
     let service = q.one("service");
+    if let Some(name) = service {
+        caller.require_read(name)?;
+    }
+    let everything = caller.reads_everything();
     if since + 1 < store.oldest_revision() {
         return Err(Problem::new(
             StatusCode::GONE,
@@ -317,7 +349,8 @@ async fn list_events(State(s): State<AppState>, q: Query) -> ApiResult<Response>
             if n >= limit {
                 break;
             }
-            if service.is_none_or(|sv| *item.service == *sv || item.is_broadcast()) {
+            let readable = everything || item.is_broadcast() || caller.may_read(&item.service);
+            if readable && service.is_none_or(|sv| *item.service == *sv || item.is_broadcast()) {
                 if n > 0 {
                     out.push(b',');
                 }
@@ -345,8 +378,20 @@ struct Accepted {
     ))]
 async fn send_event(
     State(s): State<AppState>,
+    caller: Caller,
     Json(body): Json<CustomEventBody>,
 ) -> ApiResult<Response> {
+    // A broadcast (or an event addressed to no service in particular)
+    // reaches everyone: the operator's right. Targeted events need write on
+    // every service they are addressed to.
+    match &body.services {
+        Some(services) if !body.broadcast => {
+            for name in services {
+                caller.require_write(name)?;
+            }
+        }
+        _ => caller.require_operator()?,
+    }
     let revision = s.registry()?.custom_event(body).await?;
     Ok(json(StatusCode::ACCEPTED, &Accepted { revision }))
 }

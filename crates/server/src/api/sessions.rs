@@ -9,7 +9,9 @@
 //! peer or a server shutdown revokes it, and the store deletes the instance
 //! as an `expired` event.
 
+use crate::acl::{Caller, Client};
 use crate::app::{ApiResult, AppState};
+use crate::limits::Stream;
 use crate::problem::Problem;
 use crate::ws::{self, Incoming, WebSocket};
 use axum::extract::{Request, State};
@@ -38,7 +40,14 @@ const HELLO_WITHIN: Duration = Duration::from_secs(10);
         (status = 101, description = "WebSocket: first a `session` message with the registered instance, then events"),
         (status = 400, description = "not a WebSocket upgrade", body = crate::problem::ProblemDoc, content_type = "application/problem+json"),
     ))]
-async fn session(State(s): State<AppState>, req: Request) -> ApiResult<Response> {
+async fn session(
+    State(s): State<AppState>,
+    caller: Caller,
+    client: Client,
+    req: Request,
+) -> ApiResult<Response> {
+    // Counted against the client's cap for as long as the socket lives.
+    let slot = s.limits.open(client.0, Stream::Session)?;
     let (mut parts, _) = req.into_parts();
     let (response, on_upgrade) = ws::upgrade(&mut parts, &s).await.map_err(|e| {
         Problem::new(
@@ -50,8 +59,9 @@ async fn session(State(s): State<AppState>, req: Request) -> ApiResult<Response>
     s.registry()?;
     tokio::spawn(async move {
         if let Ok(io) = on_upgrade.await {
-            run(WebSocket::new(io, s.ping * 3), s).await;
+            run(WebSocket::new(io, s.ping * 3), s, caller).await;
         }
+        drop(slot);
     });
     Ok(response)
 }
@@ -107,7 +117,7 @@ fn parse_hello(text: &str) -> Result<(String, RegisterBody, Vec<String>), Proble
     Ok((service, body, monitor))
 }
 
-async fn run(mut socket: WebSocket, s: AppState) {
+async fn run(mut socket: WebSocket, s: AppState, caller: Caller) {
     let hello = match tokio::time::timeout(HELLO_WITHIN, socket.recv()).await {
         Ok(Ok(Incoming::Text(t))) => t,
         Ok(Err(e)) => return socket.fail(&e).await,
@@ -125,6 +135,14 @@ async fn run(mut socket: WebSocket, s: AppState) {
         Ok(h) => h,
         Err(p) => return refuse(socket, p).await,
     };
+    // The session registers into its service and hears the monitored ones.
+    let allowed = caller
+        .require_write(&service)
+        .and_then(|()| monitor.iter().try_for_each(|m| caller.require_read(m)));
+    if let Err(p) = allowed {
+        s.metrics.refused(p.code);
+        return refuse(socket, p).await;
+    }
     let (Ok(registry), Ok(hub)) = (s.registry().cloned(), s.hub().cloned()) else {
         return;
     };
@@ -135,6 +153,7 @@ async fn run(mut socket: WebSocket, s: AppState) {
     let filter = Filter {
         services: Some(services),
         full: false,
+        allow: None,
     };
     let mut sub = match Subscription::open(&hub, registry.clone(), filter, None).await {
         Ok(sub) => sub,
