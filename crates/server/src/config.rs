@@ -39,6 +39,26 @@ pub struct RawConfig {
     pub dns: RawDns,
     #[serde(default)]
     pub acl: RawAcl,
+    #[serde(default)]
+    pub store: RawStore,
+}
+
+/// `[store]`: how an on-disk store keeps its data.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// "redb" (default) or "log".
+    pub engine: Option<String>,
+}
+
+/// The engine behind an on-disk store.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum StoreEngine {
+    /// redb B-tree, one commit per batch.
+    #[default]
+    Redb,
+    /// State in memory, write-ahead log and snapshots (`muster_store::LogStore`).
+    Log,
 }
 
 /// `[acl]`. Tokens are not in this build yet: `enabled = true` is refused
@@ -158,6 +178,8 @@ pub struct Config {
     pub http_addr: SocketAddr,
     pub dns_addr: SocketAddr,
     pub store: StoreConfig,
+    /// The engine of an `Embedded` store.
+    pub store_engine: StoreEngine,
     pub body_limit: usize,
     /// Open HTTP connections at most.
     pub max_connections: usize,
@@ -376,6 +398,7 @@ impl Config {
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0))),
             dns_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             store: StoreConfig::Memory,
+            store_engine: StoreEngine::Redb,
             body_limit: DEFAULT_BODY_LIMIT,
             max_connections: 10_000,
             header_timeout: Duration::from_secs(10),
@@ -418,6 +441,16 @@ impl TryFrom<RawConfig> for Config {
                 data_dir: raw
                     .data_dir
                     .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            }
+        };
+        let store_engine = match raw.store.engine.as_deref() {
+            None | Some("redb") => StoreEngine::Redb,
+            Some("log") => StoreEngine::Log,
+            Some(other) => {
+                errs.push(format!(
+                    "store.engine: {other:?} is not an engine; use \"redb\" or \"log\""
+                ));
+                StoreEngine::Redb
             }
         };
         let body_limit = raw.limits.body_bytes.unwrap_or(DEFAULT_BODY_LIMIT);
@@ -532,6 +565,7 @@ impl TryFrom<RawConfig> for Config {
             http_addr,
             dns_addr,
             store,
+            store_engine,
             body_limit,
             max_connections,
             header_timeout: header_timeout.as_duration(),
@@ -763,5 +797,14 @@ mod tests {
         assert!(c.checks.allow_exec);
         assert_eq!(c.checks.deny_targets[0].to_string(), "10.0.0.0/8");
         assert_eq!(c.grace, Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn store_engine_defaults_to_redb_and_rejects_unknown_engines() {
+        assert_eq!(check("").unwrap().store_engine, StoreEngine::Redb);
+        let log = check("[store]\nengine = \"log\"").unwrap();
+        assert_eq!(log.store_engine, StoreEngine::Log);
+        let e = check("[store]\nengine = \"btree\"").unwrap_err();
+        assert!(e.contains("store.engine") && e.contains("\"log\""), "{e}");
     }
 }

@@ -19,6 +19,6 @@ mod problem;
 mod serve;
 
 pub use app::openapi;
-pub use config::{Config, RawConfig, StoreConfig};
+pub use config::{Config, RawConfig, StoreConfig, StoreEngine};
 pub use problem::Problem;
 pub use serve::{Running, ServerError, start};
