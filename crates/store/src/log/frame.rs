@@ -89,7 +89,8 @@ pub(crate) fn read(data: &[u8], at: usize) -> Next<'_> {
     }
     let len = u32::from_le_bytes(rest[0..4].try_into().unwrap_or_default()) as usize;
     let crc = u32::from_le_bytes(rest[4..8].try_into().unwrap_or_default());
-    if len > MAX_PAYLOAD || rest.len() - HEADER < len {
+    // No record is empty: a zero length is a hole, not a record.
+    if len == 0 || len > MAX_PAYLOAD || rest.len() - HEADER < len {
         return Next::Bad;
     }
     let payload = &rest[HEADER..HEADER + len];

@@ -97,8 +97,8 @@ struct Shared {
     live: Mutex<Option<broadcast::Sender<Arc<Change>>>>,
     cancel: CancellationToken,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// Holds the advisory lock on `LOCK_FILE` for as long as the store lives.
-    _lock: File,
+    /// Holds the advisory lock on `LOCK_FILE` until the store is closed.
+    lock: Mutex<Option<File>>,
 }
 
 /// The log engine. Cheap to clone; clones share the store.
@@ -186,7 +186,7 @@ impl LogStore {
             live: Mutex::new(Some(live)),
             cancel: CancellationToken::new(),
             writer: Mutex::new(None),
-            _lock: lock,
+            lock: Mutex::new(Some(lock)),
         });
         let writer = Writer {
             shared: shared.clone(),
@@ -372,6 +372,8 @@ impl Store for LogStore {
                 let _ = tokio::task::spawn_blocking(move || h.join()).await;
             }
             self.0.live.lock().take();
+            // Another process may open the dir now, even if watchers linger.
+            self.0.lock.lock().take();
         })
     }
 }
