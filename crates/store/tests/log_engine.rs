@@ -331,6 +331,13 @@ async fn a_full_disk_fails_the_batch_whole_and_writes_resume_when_space_returns(
         .unwrap_err();
     assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
     assert!(err.to_string().contains("No space left"), "{err}");
+    assert_eq!(
+        std::fs::metadata(&wal).unwrap().len(),
+        wal_len,
+        "the failed append was cut off"
+    );
+    // A grant made now is answered at once; its record may fit in the WAL's
+    // last page or fail with the transaction below, then be retried.
     let late = s.lease_grant(Duration::from_secs(60)).await.unwrap();
     assert!(
         s.txn(Txn::new().put(b("c"), big.clone(), Some(late)))
@@ -339,11 +346,6 @@ async fn a_full_disk_fails_the_batch_whole_and_writes_resume_when_space_returns(
     );
     assert_eq!(s.current_revision(), 2, "no revision was taken");
     assert_eq!(keys(&s).await, before, "memory is as before the batch");
-    assert_eq!(
-        std::fs::metadata(&wal).unwrap().len(),
-        wal_len,
-        "the failed append was cut off"
-    );
     assert!(
         tokio::time::timeout(Duration::from_millis(100), w.next())
             .await
