@@ -155,9 +155,9 @@ impl LogStore {
         let keys = r.map.len();
         let kv = KvMap::from_map(r.map);
         if !leases.map.is_empty() {
-            kv.for_each(|e| {
-                if let Some(l) = e.lease {
-                    leases.attach(l, &e.key);
+            kv.for_each(|key, e| {
+                if e.lease != 0 {
+                    leases.attach(LeaseId(e.lease), key);
                 }
             });
         }

@@ -2,7 +2,7 @@
 //! WALs after it, cut off a torn last record, refuse anything else damaged.
 
 use super::frame::{self, Kind, Next, parse_name, snap_path, wal_path};
-use super::kvmap::Map;
+use super::kvmap::{Entry, Map};
 use super::snapshot::{self, Image};
 use super::wal::{self, Wal};
 use crate::codec::{FORMAT, decode_change};
@@ -229,11 +229,14 @@ impl Replay {
         for e in &mut change.events {
             match e.kind {
                 EventType::Put => {
-                    e.prev = self.map.get(&e.kv.key).cloned();
-                    self.map.insert(e.kv.key.clone(), e.kv.clone());
+                    e.prev = self.map.get_key_value(&e.kv.key).map(|(k, en)| en.to_kv(k));
+                    if let Some(p) = &e.prev {
+                        e.kv.key = p.key.clone();
+                    }
+                    self.map.insert(e.kv.key.clone(), Entry::of(&e.kv));
                 }
                 EventType::Delete => {
-                    e.prev = self.map.remove(&e.kv.key);
+                    e.prev = self.map.remove_entry(&e.kv.key).map(|(k, en)| en.to_kv(&k));
                 }
             }
         }

@@ -9,7 +9,7 @@
 //! lost its end is never mistaken for a whole one.
 
 use super::frame::{self, snap_path, sync_dir};
-use super::kvmap::Map;
+use super::kvmap::{Entry, Map};
 use crate::codec::{FORMAT, decode_change, encode_change, put_record_kv, take_record_kv};
 use crate::{Change, LeaseId, StoreError};
 use std::collections::VecDeque;
@@ -62,13 +62,13 @@ pub(crate) fn write(dir: &Path, g: u64, image: &Image) -> io::Result<u64> {
         p.extend_from_slice(&ms.to_le_bytes());
     }
     emit(&mut out, &p)?;
-    let kvs: Vec<_> = image.map.values().collect();
+    let kvs: Vec<_> = image.map.iter().collect();
     for chunk in kvs.chunks(CHUNK) {
         p.clear();
         p.push(TAG_KVS);
         p.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
-        for kv in chunk {
-            put_record_kv(&mut p, kv);
+        for (k, e) in chunk {
+            put_record_kv(&mut p, &e.to_kv(k));
         }
         emit(&mut out, &p)?;
     }
@@ -176,7 +176,8 @@ pub(crate) fn read(path: &PathBuf) -> Result<Image, StoreError> {
                 let mut rest = &payload[5..];
                 for _ in 0..n {
                     let kv = take_record_kv(&mut rest).map_err(|e| corrupt(path, at, e))?;
-                    map.insert(kv.key.clone(), kv);
+                    let entry = Entry::of(&kv);
+                    map.insert(kv.key, entry);
                 }
             }
             Some(TAG_HISTORY) => {
@@ -222,11 +223,11 @@ pub(crate) fn share_history(map: &Map, history: &mut VecDeque<Arc<Change>>) {
                 p.value = v.clone();
             }
             if e.kind == crate::EventType::Put {
-                if let Some(cur) = map.get(&e.kv.key)
+                if let Some((key, cur)) = map.get_key_value(&e.kv.key)
                     && cur.mod_revision == e.kv.mod_revision
                 {
                     e.kv.value = cur.value.clone();
-                    e.kv.key = cur.key.clone();
+                    e.kv.key = key.clone();
                 }
                 seen.insert((e.kv.key.clone(), e.kv.mod_revision), e.kv.value.clone());
             }
