@@ -114,7 +114,7 @@ impl KvMap {
 
     /// Every key under `prefix`, in order, overlay merged over the base.
     pub fn range(&self, prefix: &[u8]) -> Vec<KeyValue> {
-        let base = self.base.range(bounds(prefix)).map(|(k, e)| (k, e));
+        let base = self.base.range(bounds(prefix));
         let Some(o) = &self.overlay else {
             return base.map(|(k, e)| e.to_kv(k)).collect();
         };
