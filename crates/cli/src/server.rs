@@ -25,6 +25,9 @@ pub struct ServerArgs {
         conflicts_with = "in_memory"
     )]
     data_dir: Option<PathBuf>,
+    /// Engine of the data directory's store: redb or log [default: redb]
+    #[arg(long, env = "MUSTER_STORE_ENGINE", value_name = "ENGINE", value_parser = ["redb", "log"])]
+    store_engine: Option<String>,
     /// Keep everything in memory (nothing survives a restart)
     #[arg(long, env = "MUSTER_IN_MEMORY")]
     in_memory: bool,
@@ -58,6 +61,9 @@ impl ServerArgs {
         if self.in_memory {
             raw.in_memory = Some(true);
             raw.data_dir = None;
+        }
+        if self.store_engine.is_some() {
+            raw.store.engine = self.store_engine;
         }
         if self.data_dir.is_some() {
             raw.data_dir = self.data_dir;

@@ -229,8 +229,10 @@ impl Index {
                         entry.instances.insert(
                             id.into(),
                             InstanceEntry {
-                                // Exact-size copy: the index outlives the change's buffers.
-                                json: Bytes::copy_from_slice(json),
+                                // Shares the stored value's buffer (the engines
+                                // keep values exact-size), so an instance's JSON
+                                // is held once however many holders it has.
+                                json: kv.value.slice_ref(json),
                                 status: f.status,
                                 tags: f.tags.into_boxed_slice(),
                                 mod_revision: kv.mod_revision,

@@ -59,8 +59,12 @@ struct Envelope<T> {
     r: T,
 }
 
+/// Exact-size: the store and the index share this buffer for as long as the
+/// record lives, so the growth slack of `to_vec` would be kept per instance.
 pub fn encode<T: Serialize>(rec: &T) -> Vec<u8> {
-    serde_json::to_vec(&EnvelopeRef { v: FORMAT, r: rec }).unwrap_or_default()
+    let mut out = serde_json::to_vec(&EnvelopeRef { v: FORMAT, r: rec }).unwrap_or_default();
+    out.shrink_to_fit();
+    out
 }
 
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {

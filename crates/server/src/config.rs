@@ -43,6 +43,26 @@ pub struct RawConfig {
     pub acl: RawAcl,
     #[serde(default)]
     pub tls: crate::tls::RawTls,
+    #[serde(default)]
+    pub store: RawStore,
+}
+
+/// `[store]`: how an on-disk store keeps its data.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// "redb" (default) or "log".
+    pub engine: Option<String>,
+}
+
+/// The engine behind an on-disk store.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum StoreEngine {
+    /// redb B-tree, one commit per batch.
+    #[default]
+    Redb,
+    /// State in memory, write-ahead log and snapshots (`muster_store::LogStore`).
+    Log,
 }
 
 /// `[acl]`: tokens and what they may do (see [`crate::acl`]).
@@ -193,6 +213,8 @@ pub struct Config {
     pub http_addr: SocketAddr,
     pub dns_addr: SocketAddr,
     pub store: StoreConfig,
+    /// The engine of an `Embedded` store.
+    pub store_engine: StoreEngine,
     pub body_limit: usize,
     /// Body limit of a snapshot restore.
     pub snapshot_limit: usize,
@@ -506,6 +528,7 @@ impl Config {
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0))),
             dns_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             store: StoreConfig::Memory,
+            store_engine: StoreEngine::Redb,
             body_limit: DEFAULT_BODY_LIMIT,
             snapshot_limit: DEFAULT_SNAPSHOT_LIMIT,
             body_timeout: Duration::from_secs(30),
@@ -553,6 +576,16 @@ impl TryFrom<RawConfig> for Config {
                 data_dir: raw
                     .data_dir
                     .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            }
+        };
+        let store_engine = match raw.store.engine.as_deref() {
+            None | Some("redb") => StoreEngine::Redb,
+            Some("log") => StoreEngine::Log,
+            Some(other) => {
+                errs.push(format!(
+                    "store.engine: {other:?} is not an engine; use \"redb\" or \"log\""
+                ));
+                StoreEngine::Redb
             }
         };
         let body_limit = raw.limits.body_bytes.unwrap_or(DEFAULT_BODY_LIMIT);
@@ -704,6 +737,7 @@ impl TryFrom<RawConfig> for Config {
             http_addr,
             dns_addr,
             store,
+            store_engine,
             body_limit,
             snapshot_limit,
             body_timeout: body_timeout.as_duration(),
@@ -936,5 +970,14 @@ mod tests {
         assert!(c.checks.allow_exec);
         assert_eq!(c.checks.deny_targets[0].to_string(), "10.0.0.0/8");
         assert_eq!(c.grace, Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn store_engine_defaults_to_redb_and_rejects_unknown_engines() {
+        assert_eq!(check("").unwrap().store_engine, StoreEngine::Redb);
+        let log = check("[store]\nengine = \"log\"").unwrap();
+        assert_eq!(log.store_engine, StoreEngine::Log);
+        let e = check("[store]\nengine = \"btree\"").unwrap_err();
+        assert!(e.contains("store.engine") && e.contains("\"log\""), "{e}");
     }
 }

@@ -23,6 +23,6 @@ pub mod tls;
 mod ws;
 
 pub use app::openapi;
-pub use config::{Config, RawConfig, StoreConfig};
+pub use config::{Config, RawConfig, StoreConfig, StoreEngine};
 pub use problem::Problem;
 pub use serve::{Running, ServerError, start};

@@ -3,7 +3,7 @@
 //! period, stop the index, close the store. Teardown is logged in order.
 
 use crate::app::{AppState, Ready, router};
-use crate::config::{Config, StoreConfig};
+use crate::config::{Config, StoreConfig, StoreEngine};
 use crate::metrics::Metrics;
 use muster_dns::DnsServer;
 use muster_feed::Hub;
@@ -14,7 +14,7 @@ use muster_health::metrics::HealthMetrics;
 use muster_health::probe::{Prober, ProberConfig};
 use muster_health::{Health, HealthConfig, HealthParts};
 use muster_registry::Registry;
-use muster_store::{DynStore, EmbeddedOptions, EmbeddedStore, MemoryStore};
+use muster_store::{DynStore, EmbeddedOptions, EmbeddedStore, LogOptions, LogStore, MemoryStore};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::task::JoinHandle;
@@ -107,6 +107,13 @@ impl Running {
 fn open_store(config: &Config) -> Result<DynStore, Error> {
     Ok(match &config.store {
         StoreConfig::Memory => Arc::new(MemoryStore::new(config.retain)),
+        StoreConfig::Embedded { data_dir } if config.store_engine == StoreEngine::Log => {
+            let opts = LogOptions {
+                retain: config.retain,
+                ..Default::default()
+            };
+            Arc::new(LogStore::open(data_dir, opts).map_err(|e| Error::Store(e.to_string()))?)
+        }
         StoreConfig::Embedded { data_dir } => {
             let opts = EmbeddedOptions {
                 retain: config.retain,

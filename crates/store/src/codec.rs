@@ -127,6 +127,22 @@ fn get_full_kv(r: &mut Reader<'_>) -> Result<KeyValue> {
     })
 }
 
+/// A whole key-value (key, value and bookkeeping) appended to `out`: the log
+/// engine's snapshot entries.
+pub(crate) fn put_record_kv(out: &mut Vec<u8>, kv: &KeyValue) {
+    let mut w = Writer(std::mem::take(out));
+    put_full_kv(&mut w, kv);
+    *out = w.0;
+}
+
+/// Reads one [`put_record_kv`] entry from the front of `data`.
+pub(crate) fn take_record_kv(data: &mut &[u8]) -> Result<KeyValue> {
+    let mut r = Reader(data);
+    let kv = get_full_kv(&mut r)?;
+    *data = r.0;
+    Ok(kv)
+}
+
 /// One entry of the `history` table (its key is the revision).
 pub(crate) fn encode_change(c: &Change) -> Vec<u8> {
     let mut w = Writer(Vec::with_capacity(64));

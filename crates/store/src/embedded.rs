@@ -168,6 +168,14 @@ impl EmbeddedStore {
     pub fn open(dir: &Path, opts: EmbeddedOptions) -> Result<Self> {
         std::fs::create_dir_all(dir)
             .map_err(|e| unavailable(format!("cannot create data dir {}: {e}", dir.display())))?;
+        let marker = dir.join(crate::log::LOCK_FILE);
+        if marker.exists() {
+            return Err(StoreError::Invalid(format!(
+                "{} holds the log engine's store ({}); open it with --store-engine log",
+                dir.display(),
+                marker.display()
+            )));
+        }
         let path = dir.join(DB_FILE);
         let db = Database::builder()
             .set_cache_size(opts.cache_bytes)

@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+#[derive(Clone)]
 pub(crate) struct Lease {
     pub ttl: Duration,
     pub deadline: Instant,
@@ -48,6 +49,13 @@ impl Leases {
         let l = self.map.get_mut(&id)?;
         l.deadline = Instant::now() + l.ttl;
         Some(l.ttl)
+    }
+
+    /// Puts back a lease exactly as it was (undoing a revoke whose batch
+    /// failed to reach the disk).
+    pub fn restore(&mut self, id: LeaseId, lease: Lease) {
+        self.heap.push(Reverse((lease.deadline, id)));
+        self.map.insert(id, lease);
     }
 
     pub fn remove(&mut self, id: LeaseId) -> Option<Lease> {

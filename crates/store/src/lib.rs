@@ -7,8 +7,10 @@
 //! retention of that history, with an explicit [`StoreError::Compacted`] for a
 //! revision no longer kept.
 //!
-//! Engines: [`memory::MemoryStore`] (tests, `--in-memory`) and
-//! [`embedded::EmbeddedStore`] (redb on disk, group commit). A later etcd
+//! Engines: [`memory::MemoryStore`] (tests, `--in-memory`),
+//! [`embedded::EmbeddedStore`] (redb on disk, group commit) and
+//! [`log::LogStore`] (state in memory, a write-ahead log and snapshots on
+//! disk, group commit). A later etcd
 //! engine implements the same trait; `tests/conformance.rs` runs one suite
 //! against every engine.
 //!
@@ -20,6 +22,7 @@ mod apply;
 mod codec;
 pub mod embedded;
 mod lease;
+pub mod log;
 pub mod memory;
 mod watch;
 
@@ -30,6 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use embedded::{EmbeddedOptions, EmbeddedStore};
+pub use log::{LogOptions, LogStore};
 pub use memory::MemoryStore;
 pub use watch::Watcher;
 

@@ -3,9 +3,10 @@
 
 use bytes::Bytes;
 use muster_store::{
-    Compare, DynStore, EmbeddedOptions, EmbeddedStore, EventType, LeaseId, MemoryStore, StoreError,
-    Txn,
+    Compare, DynStore, EmbeddedOptions, EmbeddedStore, EventType, LeaseId, LogOptions, LogStore,
+    MemoryStore, StoreError, Txn,
 };
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +35,34 @@ fn embedded(retain: usize) -> Harness {
     }
 }
 
+fn log(retain: usize) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    Harness {
+        store: open_log(dir.path(), retain).unwrap(),
+        _dir: Some(dir),
+    }
+}
+
 type Open = fn(usize) -> Harness;
+
+/// Opens a durable engine on a data dir (for the reopen tests).
+type OpenDir = fn(&Path, usize) -> Result<DynStore, StoreError>;
+
+fn open_embedded(dir: &Path, retain: usize) -> Result<DynStore, StoreError> {
+    let opts = EmbeddedOptions {
+        retain,
+        ..Default::default()
+    };
+    Ok(Arc::new(EmbeddedStore::open(dir, opts)?))
+}
+
+fn open_log(dir: &Path, retain: usize) -> Result<DynStore, StoreError> {
+    let opts = LogOptions {
+        retain,
+        ..Default::default()
+    };
+    Ok(Arc::new(LogStore::open(dir, opts)?))
+}
 
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
@@ -409,22 +437,17 @@ macro_rules! engines {
     };
 }
 
-engines!(memory, embedded);
+engines!(memory, embedded, log);
 
-// Engine-specific: what the embedded engine promises across a restart.
+// What the durable engines promise across a restart.
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn embedded_reopens_with_data_history_and_fresh_lease_ttls() {
+async fn reopens_with_data_history_and_fresh_lease_ttls(open: OpenDir) {
     let dir = tempfile::tempdir().unwrap();
-    let opts = EmbeddedOptions {
-        retain: 100,
-        ..Default::default()
-    };
     let lease;
     {
-        let s = EmbeddedStore::open(dir.path(), opts.clone()).unwrap();
+        let s = open(dir.path(), 100).unwrap();
         assert!(
-            EmbeddedStore::open(dir.path(), opts.clone()).is_err(),
+            open(dir.path(), 100).is_err(),
             "a data dir is used by one process"
         );
         lease = s.lease_grant(Duration::from_secs(3600)).await.unwrap();
@@ -436,8 +459,7 @@ async fn embedded_reopens_with_data_history_and_fresh_lease_ttls() {
             .unwrap();
         s.close().await;
     }
-    let s = EmbeddedStore::open(dir.path(), opts).unwrap();
-    use muster_store::Store;
+    let s = open(dir.path(), 100).unwrap();
     assert_eq!(s.current_revision(), 2);
     assert_eq!(s.snapshot(b"").await.unwrap().kvs.len(), 2);
     let mut w = s.watch(1).await.unwrap();
@@ -461,4 +483,14 @@ async fn embedded_reopens_with_data_history_and_fresh_lease_ttls() {
         "a reopened lease still owns its keys"
     );
     s.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_reopens_with_data_history_and_fresh_lease_ttls() {
+    reopens_with_data_history_and_fresh_lease_ttls(open_embedded).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_reopens_with_data_history_and_fresh_lease_ttls() {
+    reopens_with_data_history_and_fresh_lease_ttls(open_log).await
 }
