@@ -963,20 +963,58 @@ impl Registry {
 
 /// The follower: applies the store's changes to the index in order. If it
 /// ever falls behind retained history it reloads from a fresh snapshot.
+/// Most changes applied to the index before waiters are woken.
+const APPLY_BATCH: usize = 1024;
+
 async fn follow(reg: Arc<Registry>, mut watcher: muster_store::Watcher) {
+    use futures_util::FutureExt;
     loop {
-        let next = tokio::select! {
+        let mut item = tokio::select! {
             n = watcher.next() => n,
             _ = reg.cancel.cancelled() => return,
         };
-        match next {
-            Some(Ok(change)) => {
-                let touched = reg.index.write().apply(&change);
-                reg.applied.send_replace(change.revision);
-                reg.wake_services(&touched, change.revision);
+        // Whatever else is ready (a group commit delivers many changes at
+        // once) is applied under one lock, and waiters are woken once for
+        // all of it: every `applied` waiter re-checks on each wake-up, so
+        // waking per change would cost changes × waiters wake-ups.
+        let mut batch = Vec::new();
+        let end = loop {
+            match item {
+                Some(Ok(change)) => {
+                    batch.push(change);
+                    if batch.len() >= APPLY_BATCH {
+                        break None;
+                    }
+                    match watcher.next().now_or_never() {
+                        Some(n) => item = n,
+                        None => break None,
+                    }
+                }
+                Some(Err(e)) => break Some(Some(e)),
+                None => break Some(None),
+            }
+        };
+        if let Some(last) = batch.last().map(|c| c.revision) {
+            let mut touched = Vec::new();
+            {
+                let mut index = reg.index.write();
+                for change in &batch {
+                    touched.extend(index.apply(change));
+                }
+            }
+            touched.sort_unstable();
+            touched.dedup();
+            reg.applied.send_replace(last);
+            reg.wake_services(&touched, last);
+            for change in batch {
                 let _ = reg.changes.send(change);
             }
-            Some(Err(e)) => {
+        }
+        match end {
+            None => {}
+            // The store closed.
+            Some(None) => return,
+            Some(Some(e)) => {
                 tracing::warn!(error = %e, "index fell behind the store's history; reloading from a snapshot");
                 match reload(&reg).await {
                     Ok(w) => watcher = w,
@@ -986,7 +1024,6 @@ async fn follow(reg: Arc<Registry>, mut watcher: muster_store::Watcher) {
                     }
                 }
             }
-            None => return,
         }
     }
 }
