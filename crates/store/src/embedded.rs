@@ -705,11 +705,18 @@ impl Writer {
             meta.insert("next_lease", self.shared.next_lease.load(Ordering::Acquire))
                 .map_err(unavailable)?;
             let cutoff = (rev + 1).saturating_sub(self.opts.retain.max(1) as u64);
-            loop {
-                let first = hist.first().map_err(unavailable)?.map(|(k, _)| k.value());
-                match first {
-                    Some(k) if k < cutoff => drop(hist.pop_first().map_err(unavailable)?),
-                    _ => break,
+            // Trimmed in strides of `slack` revisions rather than a few per
+            // commit: each commit touching the oldest leaf again cost a page
+            // copy and a descent per entry. (Small retentions stay exact.)
+            let slack = (self.opts.retain / 64).min(4096) as u64;
+            let first = hist.first().map_err(unavailable)?.map(|(k, _)| k.value());
+            if first.is_some_and(|k| k + slack < cutoff) {
+                loop {
+                    let first = hist.first().map_err(unavailable)?.map(|(k, _)| k.value());
+                    match first {
+                        Some(k) if k < cutoff => drop(hist.pop_first().map_err(unavailable)?),
+                        _ => break,
+                    }
                 }
             }
             oldest = hist
