@@ -6,30 +6,19 @@
 //! registry, no JSON, no store: what is left is the machine's cost of one
 //! write per watcher.
 //!
-//! Two ways to do the writes, chosen by `--mode`:
-//! - `loop`: the sockets are dealt to two threads (one per core), each of
-//!   which, when fired, writes the frame to its sockets in a tight loop of
-//!   blocking `write`s;
-//! - `tasks`: one tokio task per socket, woken by a broadcast channel.
+//! The writes: one tokio task per socket (on a runtime with a worker per
+//! core), woken by a broadcast channel carrying the frame. Also tried: the
+//! sockets dealt to two threads, each writing the frame to its half in a
+//! tight loop of blocking writes; at 10k watchers its last-watcher p50/p99
+//! were 103/159 ms against 76/127 ms for the tasks (medians of 3 interleaved
+//! runs, docs/BENCHMARKS.md), so it was dropped.
 
 use anyhow::{Result, bail};
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use sha1::{Digest, Sha1};
-use std::sync::{Arc, Mutex, mpsc};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// Two threads, each writing to its half of the sockets in a loop
-    Loop,
-    /// One task per socket, woken by a broadcast
-    Tasks,
-}
-
-/// Threads the sockets are dealt to in `loop` mode (the machine's cores).
-const LOOP_THREADS: usize = 2;
 
 const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
@@ -75,65 +64,13 @@ pub fn event_payload(payload: usize) -> Vec<u8> {
 
 const SNAPSHOT: &[u8] = br#"{"kind":"snapshot","services":[]}"#;
 
-/// One writer thread's sockets (`loop` mode).
-type Sockets = Arc<Mutex<Vec<std::net::TcpStream>>>;
+/// Fans a frame out to every watcher's task.
+type Hub = tokio::sync::broadcast::Sender<Bytes>;
 
-#[derive(Clone)]
-enum Hub {
-    Loop {
-        shards: Vec<(Sockets, mpsc::Sender<()>)>,
-        next: Arc<std::sync::atomic::AtomicUsize>,
-    },
-    Tasks(tokio::sync::broadcast::Sender<Bytes>),
-}
-
-impl Hub {
-    fn new(mode: Mode, frame: Bytes) -> Hub {
-        match mode {
-            Mode::Tasks => Hub::Tasks(tokio::sync::broadcast::channel(16).0),
-            Mode::Loop => {
-                let shards = (0..LOOP_THREADS)
-                    .map(|_| {
-                        let sockets: Sockets = Arc::default();
-                        let (tx, rx) = mpsc::channel::<()>();
-                        let (mine, frame) = (sockets.clone(), frame.clone());
-                        std::thread::spawn(move || {
-                            use std::io::Write;
-                            while rx.recv().is_ok() {
-                                let mut sockets = mine.lock().unwrap_or_else(|e| e.into_inner());
-                                // A socket that cannot take the frame is gone (the harness closed it).
-                                sockets.retain_mut(|s| s.write_all(&frame).is_ok());
-                            }
-                        });
-                        (sockets, tx)
-                    })
-                    .collect();
-                Hub::Loop {
-                    shards,
-                    next: Arc::default(),
-                }
-            }
-        }
-    }
-
-    fn fire(&self, frame: &Bytes) {
-        match self {
-            Hub::Tasks(tx) => {
-                let _ = tx.send(frame.clone());
-            }
-            Hub::Loop { shards, .. } => {
-                for (_, tx) in shards {
-                    let _ = tx.send(());
-                }
-            }
-        }
-    }
-}
-
-pub async fn serve(addr: &str, payload: usize, mode: Mode) -> Result<()> {
+pub async fn serve(addr: &str, payload: usize) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let frame = Bytes::from(text_frame(&event_payload(payload)));
-    let hub = Hub::new(mode, frame.clone());
+    let hub: Hub = tokio::sync::broadcast::channel(16).0;
     println!("listening on http://{}", listener.local_addr()?);
     loop {
         let (stream, _) = listener.accept().await?;
@@ -187,7 +124,7 @@ async fn connection(mut io: TcpStream, hub: Hub, frame: Bytes) -> Result<()> {
                 }
             }
             let _ = buf.split_to(len);
-            hub.fire(&frame);
+            let _ = hub.send(frame.clone());
             io.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
                 .await?;
         } else if line.starts_with("GET ") {
@@ -221,29 +158,13 @@ async fn connection(mut io: TcpStream, hub: Hub, frame: Bytes) -> Result<()> {
 
 /// After the handshake: the socket only receives frames from now on.
 async fn websocket(mut io: TcpStream, hub: Hub, answer: Vec<u8>) -> Result<()> {
-    match hub {
-        Hub::Tasks(tx) => {
-            let mut rx = tx.subscribe();
-            io.write_all(&answer).await?;
-            loop {
-                match rx.recv().await {
-                    Ok(frame) => io.write_all(&frame).await?,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
-                }
-            }
-        }
-        Hub::Loop { shards, next } => {
-            io.write_all(&answer).await?;
-            let io = io.into_std()?;
-            io.set_nonblocking(false)?;
-            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % shards.len();
-            shards[i]
-                .0
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(io);
-            Ok(())
+    let mut rx = hub.subscribe();
+    io.write_all(&answer).await?;
+    loop {
+        match rx.recv().await {
+            Ok(frame) => io.write_all(&frame).await?,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
         }
     }
 }

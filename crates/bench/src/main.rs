@@ -56,8 +56,6 @@ enum Cmd {
         /// Bytes of the event's payload
         #[arg(long)]
         payload: usize,
-        #[arg(long, value_enum, default_value = "loop")]
-        mode: ceiling_fanout::Mode,
     },
 }
 
@@ -111,11 +109,9 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     match cli.cmd {
         Cmd::CeilingServer { addr } => rt.block_on(ceiling::serve(&addr)),
-        Cmd::CeilingFanoutServer {
-            addr,
-            payload,
-            mode,
-        } => rt.block_on(ceiling_fanout::serve(&addr, payload, mode)),
+        Cmd::CeilingFanoutServer { addr, payload } => {
+            rt.block_on(ceiling_fanout::serve(&addr, payload))
+        }
         Cmd::All(args) => rt.block_on(run(ALL.to_vec(), args)),
         Cmd::Run { scenarios, args } => rt.block_on(run(scenarios, args)),
     }

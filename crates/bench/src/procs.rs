@@ -220,8 +220,6 @@ impl Proc {
     /// This harness's fan-out ceiling server (WebSocket watchers, one
     /// pre-encoded frame of `payload` bytes each per `POST /fire`).
     pub async fn ceiling_fanout(payload: usize) -> Result<Proc> {
-        let mode =
-            std::env::var("MUSTER_BENCH_CEILING_MODE").unwrap_or_else(|_| "loop".to_string());
         let payload = payload.to_string();
         let args = [
             "ceiling-fanout-server",
@@ -229,8 +227,6 @@ impl Proc {
             "127.0.0.1:0",
             "--payload",
             &payload,
-            "--mode",
-            &mode,
         ];
         Self::own("ceiling", &args).await
     }

@@ -398,7 +398,7 @@ pub fn fanout_table(rows: &[FanoutRow]) -> String {
         "\nceiling: the harness's own fan-out server (`muster-bench ceiling-fanout-server`), the cheapest server doing muster's job here: \
          it accepts the same WebSocket watchers (RFC 6455 handshake, a small snapshot frame) read by the same reader, and on each `POST /fire` \
          writes one pre-encoded unmasked text frame with a {payload}-byte payload (the size of muster's event in this run) to every socket, \
-         from two threads (one per core) each looping over its half of the sockets. No registry, no JSON, no store: \
+         from one task per socket woken by a broadcast (two runtime workers, one per core). No registry, no JSON, no store: \
          what it measures is the cost of one write per watcher plus the harness's reading, on this machine."
     );
     for r in rows.iter().filter(|r| r.watchers < r.requested) {
