@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod ceiling;
+mod ceiling_fanout;
 mod load;
 mod procs;
 mod progress;
@@ -46,6 +47,15 @@ enum Cmd {
     CeilingServer {
         #[arg(long)]
         addr: String,
+    },
+    /// The fan-out ceiling server (started by the harness itself)
+    #[command(hide = true)]
+    CeilingFanoutServer {
+        #[arg(long)]
+        addr: String,
+        /// Bytes of the event's payload
+        #[arg(long)]
+        payload: usize,
     },
 }
 
@@ -99,6 +109,9 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     match cli.cmd {
         Cmd::CeilingServer { addr } => rt.block_on(ceiling::serve(&addr)),
+        Cmd::CeilingFanoutServer { addr, payload } => {
+            rt.block_on(ceiling_fanout::serve(&addr, payload))
+        }
         Cmd::All(args) => rt.block_on(run(ALL.to_vec(), args)),
         Cmd::Run { scenarios, args } => rt.block_on(run(scenarios, args)),
     }

@@ -214,20 +214,39 @@ impl Proc {
 
     /// This harness's own trivial HTTP server, in a process of its own.
     pub async fn ceiling() -> Result<Proc> {
+        Self::own("ceiling", &["ceiling-server", "--addr", "127.0.0.1:0"]).await
+    }
+
+    /// This harness's fan-out ceiling server (WebSocket watchers, one
+    /// pre-encoded frame of `payload` bytes each per `POST /fire`).
+    pub async fn ceiling_fanout(payload: usize) -> Result<Proc> {
+        let payload = payload.to_string();
+        let args = [
+            "ceiling-fanout-server",
+            "--addr",
+            "127.0.0.1:0",
+            "--payload",
+            &payload,
+        ];
+        Self::own("ceiling", &args).await
+    }
+
+    /// A subcommand of this harness, in a process of its own.
+    async fn own(name: &'static str, args: &[&str]) -> Result<Proc> {
         let me = std::env::current_exe()?;
         let mut child = Command::new(me)
-            .args(["ceiling-server", "--addr", "127.0.0.1:0"])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
-            .context("cannot start the ceiling server")?;
-        let pid = child.id().context("ceiling has no pid")?;
+            .with_context(|| format!("cannot start the {name} server"))?;
+        let pid = child.id().with_context(|| format!("{name} has no pid"))?;
         let stdout = child.stdout.take().context("no stdout")?;
-        let (addr, _) = await_listening("ceiling server", stdout, false).await?;
+        let (addr, _) = await_listening(name, stdout, false).await?;
         Ok(Proc {
-            name: "ceiling",
+            name,
             child,
             pid,
             addr,

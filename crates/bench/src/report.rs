@@ -314,7 +314,11 @@ pub fn fanout_table(rows: &[FanoutRow]) -> String {
     );
     let _ = writeln!(t, "|--:|---|--:|--:|--:|--:|--:|--:|--:|");
     for r in rows {
-        for (target, s) in [("muster", &r.muster), ("etcd", &r.etcd)] {
+        for (target, s) in [
+            ("muster", &r.muster),
+            ("ceiling", &r.ceiling),
+            ("etcd", &r.etcd),
+        ] {
             let _ = writeln!(
                 t,
                 "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {:.1} ms | {:.1} ms |",
@@ -329,6 +333,22 @@ pub fn fanout_table(rows: &[FanoutRow]) -> String {
                 s.harness_cpu_ms
             );
         }
+    }
+    for r in rows {
+        let ratio = |m: f64, c: f64| if c > 0.0 { m / c } else { f64::NAN };
+        let _ = writeln!(
+            t,
+            "\nmuster / ceiling at {} watchers: last-watcher p50 {:.2}×, p99 {:.2}×; ceiling last-watcher p99 {:.1} ms ({} 100 ms).",
+            r.watchers,
+            ratio(r.muster.last_p50_ms, r.ceiling.last_p50_ms),
+            ratio(r.muster.last_p99_ms, r.ceiling.last_p99_ms),
+            r.ceiling.last_p99_ms,
+            if r.ceiling.last_p99_ms <= 100.0 {
+                "≤"
+            } else {
+                "above"
+            }
+        );
     }
     let verdict = |ok: bool| if ok { "met" } else { "**not met**" };
     match rows.iter().find(|r| r.watchers >= 10_000) {
@@ -371,6 +391,15 @@ pub fn fanout_table(rows: &[FanoutRow]) -> String {
          etcd: watches on the prefix `/registry/fan/` spread over connections ({}), each connection carrying its share on one gRPC watch stream, as etcd's Go client multiplexes watches; \
          so etcd's memory per watcher does not include a connection per watcher, and muster's does.",
         clients.join(", ")
+    );
+    let payload = rows.first().map_or(0, |r| r.payload);
+    let _ = writeln!(
+        t,
+        "\nceiling: the harness's own fan-out server (`muster-bench ceiling-fanout-server`), the cheapest server doing muster's job here: \
+         it accepts the same WebSocket watchers (RFC 6455 handshake, a small snapshot frame) read by the same reader, and on each `POST /fire` \
+         writes one pre-encoded unmasked text frame with a {payload}-byte payload (the size of muster's event in this run) to every socket, \
+         from one task per socket woken by a broadcast (two runtime workers, one per core). No registry, no JSON, no store: \
+         what it measures is the cost of one write per watcher plus the harness's reading, on this machine."
     );
     for r in rows.iter().filter(|r| r.watchers < r.requested) {
         let _ = writeln!(

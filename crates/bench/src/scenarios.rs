@@ -672,6 +672,10 @@ pub struct FanoutRow {
     /// Connections (clients) etcd's watches were spread over.
     pub etcd_clients: usize,
     pub muster: FanoutSide,
+    /// The harness's fan-out ceiling server: one pre-encoded frame written to every socket.
+    pub ceiling: FanoutSide,
+    /// Bytes of the event's payload muster sent (and the ceiling copies).
+    pub payload: usize,
     pub etcd: FanoutSide,
 }
 
@@ -679,8 +683,9 @@ pub struct FanoutRow {
 enum Seen {
     /// A watcher is open (muster: snapshot read; etcd: watch created).
     Ready,
-    /// A watcher received the change, at this time.
-    Arrived(tokio::time::Instant),
+    /// A watcher received the change, at this time, with a payload of this
+    /// many bytes (0 for etcd's).
+    Arrived(tokio::time::Instant, usize),
     Failed(String),
 }
 
@@ -697,7 +702,7 @@ async fn await_ready(
     while ready < n {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
             Ok(Some(Seen::Ready)) => ready += 1,
-            Ok(Some(Seen::Arrived(_))) => {}
+            Ok(Some(Seen::Arrived(..))) => {}
             Ok(Some(Seen::Failed(e))) => bail!("opening watchers: {e}"),
             Ok(None) => bail!("every watcher task ended"),
             Err(_) => bail!("only {ready} of {n} watchers open after {within:?}"),
@@ -706,17 +711,18 @@ async fn await_ready(
     Ok(())
 }
 
-/// Waits until `n` watchers have received the change; their arrival times.
+/// Waits until `n` watchers have received the change; their arrival times
+/// and payload sizes.
 async fn await_arrivals(
     rx: &mut tokio::sync::mpsc::UnboundedReceiver<Seen>,
     n: usize,
-) -> Result<Vec<tokio::time::Instant>> {
+) -> Result<Vec<(tokio::time::Instant, usize)>> {
     let mut got = Vec::with_capacity(n);
     let within = Duration::from_secs(30);
     let deadline = tokio::time::Instant::now() + within;
     while got.len() < n {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some(Seen::Arrived(t))) => got.push(t),
+            Ok(Some(Seen::Arrived(t, len))) => got.push((t, len)),
             Ok(Some(Seen::Ready)) => {}
             Ok(Some(Seen::Failed(e))) => bail!("a watcher failed: {e}"),
             Ok(None) => bail!("every watcher task ended"),
@@ -732,6 +738,8 @@ async fn await_arrivals(
 /// How a round's change is made.
 enum Changer {
     Muster(Conn),
+    /// The fan-out ceiling server: `POST /fire`.
+    Ceiling(Conn),
     Etcd(Box<Client>),
 }
 
@@ -745,6 +753,9 @@ impl Changer {
                     Some(Bytes::from(instance_json(n, None))),
                 )
                 .await?;
+            }
+            Changer::Ceiling(conn) => {
+                conn.ok(Method::POST, "/fire", None).await?;
             }
             Changer::Etcd(client) => {
                 client
@@ -774,7 +785,9 @@ async fn fan_rounds(
         let sent = tokio::time::Instant::now();
         changer.change(&format!("f-{r}"), r as u64).await?;
         let arrivals = await_arrivals(rx, watchers).await?;
-        let us = |t: &tokio::time::Instant| (t.duration_since(sent).as_micros() as u64).max(1);
+        let us = |(t, _): &(tokio::time::Instant, usize)| {
+            (t.duration_since(sent).as_micros() as u64).max(1)
+        };
         for t in &arrivals {
             all.record(us(t))?;
         }
@@ -956,7 +969,7 @@ fn spawn_ws_watchers(
                 while let Some(msg) = sockets.next().await {
                     let seen = match msg {
                         Ok(t) if memchr_contains(&t, br#""kind":"registered""#) => {
-                            Seen::Arrived(tokio::time::Instant::now())
+                            Seen::Arrived(tokio::time::Instant::now(), t.len())
                         }
                         Ok(_) => continue,
                         Err(e) => Seen::Failed(format!("watcher: {e:#}")),
@@ -1006,7 +1019,7 @@ async fn spawn_etcd_watchers(
                         Seen::Ready
                     }
                     Ok(Some(r)) if !r.events().is_empty() => {
-                        Seen::Arrived(tokio::time::Instant::now())
+                        Seen::Arrived(tokio::time::Instant::now(), 0)
                     }
                     Ok(Some(_)) => continue,
                     Ok(None) => Seen::Failed("etcd watch stream ended".into()),
@@ -1023,8 +1036,9 @@ async fn spawn_etcd_watchers(
     }))
 }
 
-/// One change fanned out to `watchers` watchers: muster's WebSocket feed, then
-/// etcd's watch, each on a fresh server. Latency from sending the change to
+/// One change fanned out to `watchers` watchers: muster's WebSocket feed, the
+/// fan-out ceiling server (read the same way), then etcd's watch, each on a
+/// fresh server. Latency from sending the change to
 /// each copy arriving; memory as the server's RSS growth per watcher.
 pub async fn fanout(s: &Settings, watchers: usize) -> Result<FanoutRow> {
     // Each side holds one descriptor per watcher, plus some to spare.
@@ -1041,26 +1055,18 @@ pub async fn fanout(s: &Settings, watchers: usize) -> Result<FanoutRow> {
     // ---- muster ----
     crate::progress::set(format!("fanout: muster, opening {n} WebSocket watchers"));
     let (p, _dir) = fresh_muster(s).await?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut changer = Changer::Muster(Conn::open(&p.addr).await?);
-    // Warm-up: one watcher, one change, so code and pools first touched by
-    // the feed are not counted against the watchers.
-    let warm = spawn_ws_watchers(&p.addr, 1, &tx);
-    await_ready(&mut rx, 1, Duration::from_secs(30)).await?;
-    changer.change("warm", 0).await?;
-    await_arrivals(&mut rx, 1).await?;
-    warm.iter().for_each(|h| h.abort());
-    tokio::time::sleep(settle).await;
-    let before = p.rss();
-    let tasks = spawn_ws_watchers(&p.addr, n, &tx);
-    await_ready(&mut rx, n, Duration::from_secs(300)).await?;
-    tokio::time::sleep(settle).await;
-    let after = p.rss();
-    crate::progress::set(format!("fanout: muster, {rounds} changes to {n} watchers"));
-    let muster = fan_rounds(&p, &mut changer, &mut rx, n, rounds, (before, after)).await?;
-    tasks.iter().for_each(|h| h.abort());
+    let (muster, payload) = ws_side(&p, &mut changer, n, rounds, settle).await?;
     drop(changer);
     drop(p);
+
+    // ---- ceiling: the same watchers and reader, one frame of muster's size ----
+    crate::progress::set(format!("fanout: ceiling, opening {n} WebSocket watchers"));
+    let c = Proc::ceiling_fanout(payload).await?;
+    let mut changer = Changer::Ceiling(Conn::open(&c.addr).await?);
+    let (ceiling, _) = ws_side(&c, &mut changer, n, rounds, settle).await?;
+    drop(changer);
+    drop(c);
 
     // ---- etcd ----
     let clients = n.div_ceil(1000);
@@ -1094,8 +1100,43 @@ pub async fn fanout(s: &Settings, watchers: usize) -> Result<FanoutRow> {
         rounds,
         etcd_clients: clients,
         muster,
+        ceiling,
+        payload,
         etcd,
     })
+}
+
+/// One WebSocket side of the fan-out scenario (muster, or the ceiling that
+/// mimics it): a warm-up watcher and change, then `n` watchers and `rounds`
+/// changes. Also returns the size of the event payload the watchers got.
+async fn ws_side(
+    p: &Proc,
+    changer: &mut Changer,
+    n: usize,
+    rounds: usize,
+    settle: Duration,
+) -> Result<(FanoutSide, usize)> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // Warm-up: one watcher, one change, so code and pools first touched by
+    // the feed are not counted against the watchers.
+    let warm = spawn_ws_watchers(&p.addr, 1, &tx);
+    await_ready(&mut rx, 1, Duration::from_secs(30)).await?;
+    changer.change("warm", 0).await?;
+    let payload = await_arrivals(&mut rx, 1).await?[0].1;
+    warm.iter().for_each(|h| h.abort());
+    tokio::time::sleep(settle).await;
+    let before = p.rss();
+    let tasks = spawn_ws_watchers(&p.addr, n, &tx);
+    await_ready(&mut rx, n, Duration::from_secs(300)).await?;
+    tokio::time::sleep(settle).await;
+    let after = p.rss();
+    crate::progress::set(format!(
+        "fanout: {}, {rounds} changes to {n} watchers",
+        p.name
+    ));
+    let side = fan_rounds(p, changer, &mut rx, n, rounds, (before, after)).await?;
+    tasks.iter().for_each(|h| h.abort());
+    Ok((side, payload))
 }
 
 /// What the blocking-query scenario measured.
