@@ -329,7 +329,13 @@ impl WebSocket {
                 *s = IoSlice::new(f);
                 k += 1;
             }
-            let mut n = self.io.write_vectored(&slices[..k]).await?;
+            // One frame (the usual case): a plain write, which the kernel
+            // takes with less work than a one-element writev.
+            let mut n = if k == 1 {
+                self.io.write(&rest[0]).await?
+            } else {
+                self.io.write_vectored(&slices[..k]).await?
+            };
             if n == 0 {
                 return Err(io::Error::from(io::ErrorKind::WriteZero).into());
             }
