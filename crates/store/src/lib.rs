@@ -21,6 +21,7 @@
 mod apply;
 mod codec;
 pub mod embedded;
+mod front;
 mod lease;
 pub mod log;
 pub mod memory;

@@ -25,6 +25,7 @@ mod snapshot;
 mod wal;
 
 use crate::apply::{Applied, apply_txn, revoke_lease};
+use crate::front::{self, answer};
 use crate::lease::{LeaseClock, Leases, spawn_expiry};
 use crate::watch::{History, Watcher};
 use crate::{
@@ -89,7 +90,7 @@ struct Shared {
     /// read never sees a write that is not durable. Never held across `.await`.
     kv: Mutex<KvMap>,
     history: Mutex<VecDeque<Arc<Change>>>,
-    commands: Mutex<Option<mpsc::Sender<Cmd>>>,
+    commands: front::Commands<Cmd>,
     leases: Arc<LeaseClock>,
     revision: AtomicU64,
     oldest: AtomicU64,
@@ -243,15 +244,8 @@ impl LogStore {
     }
 
     fn send(&self, cmd: Cmd) -> Result<()> {
-        match &*self.0.commands.lock() {
-            Some(tx) => tx.send(cmd).map_err(|_| StoreError::Closed),
-            None => Err(StoreError::Closed),
-        }
+        front::send(&self.0.commands, cmd)
     }
-}
-
-async fn answer<T>(rx: oneshot::Receiver<Result<T>>) -> Result<T> {
-    rx.await.unwrap_or(Err(StoreError::Closed))
 }
 
 impl History for Shared {
@@ -298,42 +292,26 @@ impl Store for LogStore {
     }
 
     fn watch(&self, from: Revision) -> BoxFuture<'_, Result<Watcher>> {
-        let live = self.0.live.lock().as_ref().map(|l| l.subscribe());
-        let w = match live {
-            Some(live) => Watcher::new(from, live, self.0.clone()),
-            None => Err(StoreError::Closed),
-        };
+        let w = front::subscribe(&self.0.live)
+            .and_then(|live| Watcher::new(from, live, self.0.clone()));
         Box::pin(async move { w })
     }
 
-    /// As in the embedded engine: live at once, answered without waiting for
-    /// the disk, its record queued ahead of any transaction that can name it,
-    /// so no durable key refers to a lease that is not durable too.
+    /// Answered before its record is durable; see [`front::grant`].
     fn lease_grant(&self, ttl: Duration) -> BoxFuture<'_, Result<LeaseId>> {
-        let r = (|| {
-            let commands = self.0.commands.lock();
-            let tx = commands.as_ref().ok_or(StoreError::Closed)?;
-            let id = LeaseId(self.0.next_lease.fetch_add(1, Ordering::AcqRel));
-            self.0.leases.leases.lock().insert(id, ttl);
-            tx.send(Cmd::PersistGrant(id, ttl))
-                .map_err(|_| StoreError::Closed)?;
-            self.0.leases.changed.notify_one();
-            Ok(id)
-        })();
+        let s = &self.0;
+        let r = front::grant(
+            &s.commands,
+            &s.next_lease,
+            &s.leases,
+            ttl,
+            Cmd::PersistGrant,
+        );
         Box::pin(async move { r })
     }
 
     fn lease_keepalive(&self, id: LeaseId) -> BoxFuture<'_, Result<Duration>> {
-        let r = if self.0.commands.lock().is_none() {
-            Err(StoreError::Closed)
-        } else {
-            self.0
-                .leases
-                .leases
-                .lock()
-                .keepalive(id)
-                .ok_or(StoreError::LeaseNotFound(id))
-        };
+        let r = front::keepalive(&self.0.commands, &self.0.leases, id);
         Box::pin(async move { r })
     }
 
