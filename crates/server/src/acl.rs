@@ -77,7 +77,7 @@ impl Default for AclConfig {
 /// What one token grants, rules ordered longest prefix first.
 #[derive(Debug)]
 pub struct Grants {
-    pub name: String,
+    pub name: Arc<str>,
     rules: Vec<(String, Right)>,
     operator: bool,
 }
@@ -259,7 +259,7 @@ impl Acl {
                 Token {
                     digest: digest(&t.secret),
                     grants: Arc::new(Grants {
-                        name: t.name.clone(),
+                        name: Arc::from(t.name.as_str()),
                         rules,
                         operator: t.operator,
                     }),
@@ -458,6 +458,13 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
     }
 }
 
+/// A path parameter the router matched (empty when absent).
+fn path_param<'a>(params: Option<&'a RawPathParams>, name: &str) -> &'a str {
+    params
+        .and_then(|p| p.iter().find(|(k, _)| *k == name).map(|(_, v)| v))
+        .unwrap_or("")
+}
+
 async fn admit(state: &AppState, req: Request) -> Result<Request, Problem> {
     let (mut parts, body) = req.into_parts();
     let rule = match parts.extensions.get::<MatchedPath>() {
@@ -480,21 +487,10 @@ async fn admit(state: &AppState, req: Request) -> Result<Request, Problem> {
     }
     parts.extensions.insert(Client(client));
     // What the router matched, percent-decoded.
-    let params: Vec<(String, String)> =
-        match RawPathParams::from_request_parts(&mut parts, &()).await {
-            Ok(p) => p
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-    let param = |name: &str| -> String {
-        params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
-    };
+    let params = RawPathParams::from_request_parts(&mut parts, &())
+        .await
+        .ok();
+    let param = |name: &str| path_param(params.as_ref(), name);
     // An anonymous caller never writes, and reads only when allowed to.
     if let Caller::Anonymous { read } = caller {
         let reading = parts.method == Method::GET || parts.method == Method::HEAD;
@@ -522,12 +518,12 @@ async fn admit(state: &AppState, req: Request) -> Result<Request, Problem> {
                 return Err(caller.refuse("this needs a token"));
             }
         }
-        Some(Need::Read(p)) => caller.require_read(&param(p))?,
-        Some(Need::Write(p)) => caller.require_write(&param(p))?,
+        Some(Need::Read(p)) => caller.require_read(param(p))?,
+        Some(Need::Write(p)) => caller.require_write(param(p))?,
         Some(Need::Operator) => caller.require_operator()?,
         Some(Need::WriteInstance(p)) => {
             let id = param(p);
-            match state.registry().ok().and_then(|r| r.find_instance(&id)) {
+            match state.registry().ok().and_then(|r| r.find_instance(id)) {
                 Some(service) => caller.require_write(&service)?,
                 // Unknown: a token is needed to learn that it is unknown.
                 None => caller.require_token()?,
@@ -535,7 +531,7 @@ async fn admit(state: &AppState, req: Request) -> Result<Request, Problem> {
         }
         Some(n @ (Need::ReadCheck | Need::WriteCheck)) => {
             let id = param("id");
-            match state.registry().ok().and_then(|r| r.check_service(&id)) {
+            match state.registry().ok().and_then(|r| r.check_service(id)) {
                 Some(service) if n == Need::ReadCheck => caller.require_read(&service)?,
                 Some(service) => caller.require_write(&service)?,
                 None if n == Need::ReadCheck => {

@@ -87,7 +87,7 @@ impl ClientLimits {
             return None;
         }
         match caller {
-            Caller::Token(g) => Some(ClientKey::Token(Arc::from(g.name.as_str()))),
+            Caller::Token(g) => Some(ClientKey::Token(g.name.clone())),
             _ => peer.map(ClientKey::Addr),
         }
     }

@@ -122,12 +122,9 @@ async fn a_client_over_its_rate_gets_429_with_retry_after() {
             .status(),
         200
     );
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(
-        s.http.get(&url).send().await.unwrap().status(),
-        200,
-        "refilled"
-    );
+    // One request's worth refills in 1/rate (the refill itself is the
+    // bucket's unit test, with paused time): enough to read the metrics.
+    tokio::time::sleep(Duration::from_millis(250)).await;
     let metrics = s
         .http
         .get(format!("{}/metrics", s.base))
