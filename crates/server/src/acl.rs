@@ -273,10 +273,6 @@ impl Acl {
         }
     }
 
-    pub fn enabled(&self) -> bool {
-        self.enabled
-    }
-
     /// Who presented `secret` (`None`: no token at all). 401 for a secret
     /// no token has.
     pub fn authenticate(&self, secret: Option<&str>) -> Result<Caller, Problem> {
