@@ -5,13 +5,19 @@ use bytes::Bytes;
 use muster_core::{BROADCAST, Event, EventKind};
 use muster_registry::{Registry, events_of};
 use muster_store::{DynStore, Revision, StoreError};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// One event as every subscriber receives it.
+///
+/// Aligned to a cache line of its own: every subscriber clones and drops the
+/// `Arc` around it, from every core, and the counts sit just before it; the
+/// fields read per subscriber stay off that contended line.
 #[derive(Debug)]
+#[repr(align(64))]
 pub struct FeedItem {
     pub revision: Revision,
     pub kind: EventKind,
@@ -19,6 +25,10 @@ pub struct FeedItem {
     pub service: Arc<str>,
     /// The event as a JSON object, serialized once.
     pub json: Bytes,
+    /// Its place among the items the hub has sent live (0 for history).
+    seq: u64,
+    /// `service` is [`BROADCAST`]: decided once, read per subscriber.
+    broadcast: bool,
     /// The event as a transport puts it on the wire (a WebSocket frame),
     /// encoded by the first subscriber that sends it and shared by the rest.
     wire: OnceLock<Bytes>,
@@ -30,6 +40,8 @@ impl FeedItem {
             revision: e.revision,
             kind: e.kind,
             service: e.service.as_str().into(),
+            seq: 0,
+            broadcast: e.service == BROADCAST,
             json: Bytes::from(serde_json::to_vec(e).unwrap_or_default()),
             wire: OnceLock::new(),
         }
@@ -37,12 +49,22 @@ impl FeedItem {
 
     /// The item's wire form: `encode(json)`, computed once per item. Every
     /// caller must pass the same encoding.
-    pub fn wire(&self, encode: impl FnOnce(&[u8]) -> Bytes) -> Bytes {
-        self.wire.get_or_init(|| encode(&self.json)).clone()
+    pub fn wire(&self, encode: impl FnOnce(&[u8]) -> Bytes) -> &Bytes {
+        self.wire.get_or_init(|| encode(&self.json))
+    }
+
+    /// The wire form, once some subscriber has encoded it.
+    pub fn encoded(&self) -> Option<&Bytes> {
+        self.wire.get()
+    }
+
+    /// How many items the hub had sent live before this one.
+    pub(crate) fn seq(&self) -> u64 {
+        self.seq
     }
 
     pub fn is_broadcast(&self) -> bool {
-        &*self.service == BROADCAST
+        self.broadcast
     }
 }
 
@@ -52,6 +74,9 @@ pub struct Hub {
     store: DynStore,
     registry: Arc<Registry>,
     tx: broadcast::Sender<Arc<FeedItem>>,
+    /// How many items have been sent live: lets a subscriber tell, without
+    /// taking the channel's lock, whether anything more is waiting for it.
+    sent: Arc<AtomicU64>,
 }
 
 /// Items a subscriber may fall behind before it is cut off (shared ring).
@@ -65,6 +90,7 @@ impl Hub {
             store: registry.store().clone(),
             registry,
             tx,
+            sent: Arc::new(AtomicU64::new(0)),
         };
         let h = hub.clone();
         // Taken now, not when the task first runs: a write in between is kept.
@@ -97,7 +123,14 @@ impl Hub {
                         // watcher that reads right after an event sees it too.
                         let _ = self.registry.caught_up(change.revision).await;
                         for e in events_of(&change) {
-                            let _ = self.tx.send(Arc::new(FeedItem::of(&e)));
+                            // The only writer of `sent`.
+                            let seq = self.sent.load(Ordering::Relaxed);
+                            let item = FeedItem {
+                                seq,
+                                ..FeedItem::of(&e)
+                            };
+                            let _ = self.tx.send(Arc::new(item));
+                            self.sent.store(seq + 1, Ordering::Release);
                         }
                     }
                     Some(Err(e)) => {
@@ -112,6 +145,11 @@ impl Hub {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<FeedItem>> {
         self.tx.subscribe()
+    }
+
+    /// How many items have been sent live so far.
+    pub(crate) fn sent(&self) -> &Arc<AtomicU64> {
+        &self.sent
     }
 
     pub fn subscribers(&self) -> usize {

@@ -22,4 +22,4 @@ mod subscription;
 pub mod webhooks;
 
 pub use hub::{FeedItem, Hub};
-pub use subscription::{Allow, Filter, Message, Subscription, SubscriptionError};
+pub use subscription::{Allow, Filter, Message, Subscription, SubscriptionError, Wire};

@@ -9,6 +9,7 @@ use muster_registry::{Registry, list_json};
 use muster_store::{Revision, StoreError};
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::broadcast;
 
 /// Which services a subscriber may hear about at all (its token's read
@@ -75,27 +76,59 @@ pub enum SubscriptionError {
 #[derive(Debug, Clone)]
 pub struct Message {
     pub revision: Revision,
-    pub json: Bytes,
-    /// The live item this message is, when sent as the hub published it:
-    /// its wire form can then be shared with every other subscriber.
-    shared: Option<Arc<FeedItem>>,
+    body: Body,
+}
+
+#[derive(Debug, Clone)]
+enum Body {
+    /// A live item sent as the hub published it: its bytes, and its wire
+    /// form, are shared with every other subscriber (one reference count
+    /// per subscriber, not one per buffer).
+    Shared(Arc<FeedItem>),
+    /// Rendered for this subscriber alone (an opening, a replay, `full`).
+    Own(Bytes),
 }
 
 impl Message {
     fn own(revision: Revision, json: Bytes) -> Message {
         Message {
             revision,
-            json,
-            shared: None,
+            body: Body::Own(json),
+        }
+    }
+
+    /// The message's JSON object.
+    pub fn json(&self) -> &[u8] {
+        match &self.body {
+            Body::Shared(item) => &item.json,
+            Body::Own(json) => json,
         }
     }
 
     /// The message as `encode` puts it on the wire; encoded once for all
-    /// subscribers when the message is a live item sent unchanged.
-    pub fn wire(&self, encode: fn(&[u8]) -> Bytes) -> Bytes {
-        match &self.shared {
-            Some(item) => item.wire(encode),
-            None => encode(&self.json),
+    /// subscribers when the message is a live item sent unchanged. Every
+    /// caller must pass the same `encode`.
+    pub fn into_wire(self, encode: fn(&[u8]) -> Bytes) -> Wire {
+        match self.body {
+            Body::Shared(item) => {
+                item.wire(encode);
+                Wire(Body::Shared(item))
+            }
+            Body::Own(json) => Wire(Body::Own(encode(&json))),
+        }
+    }
+}
+
+/// A message in its transport's encoding ([`Message::into_wire`]).
+#[derive(Debug, Clone)]
+pub struct Wire(Body);
+
+impl AsRef<[u8]> for Wire {
+    fn as_ref(&self) -> &[u8] {
+        match &self.0 {
+            // Encoded by `into_wire` before this was made.
+            Body::Shared(item) => item.encoded().map_or(&[], |b| b),
+            Body::Own(bytes) => bytes,
         }
     }
 }
@@ -110,6 +143,49 @@ pub struct Subscription {
     /// The last revision delivered in full: where a reconnect resumes.
     delivered: Revision,
     filter: Filter,
+    /// The hub's count of items sent live, and how many of them this
+    /// subscriber has taken off its channel (at least): equal, nothing waits.
+    sent: Arc<AtomicU64>,
+    taken: u64,
+    /// `filter.services`, as live items are matched against it.
+    watched: Watched,
+}
+
+/// The services a subscriber watches, laid out for matching every live item
+/// per subscriber: the usual single name inline (no pointer to follow, no
+/// hash to compute), a few scanned, more searched.
+enum Watched {
+    All,
+    One { len: u8, name: [u8; 63] },
+    Many(Box<[Box<str>]>),
+}
+
+impl Watched {
+    fn of(services: Option<&HashSet<String>>) -> Watched {
+        let Some(services) = services else {
+            return Watched::All;
+        };
+        if let [only] = services.iter().collect::<Vec<_>>()[..]
+            && let Ok(len) = u8::try_from(only.len())
+            && only.len() <= 63
+        {
+            let mut name = [0; 63];
+            name[..only.len()].copy_from_slice(only.as_bytes());
+            return Watched::One { len, name };
+        }
+        let mut v: Vec<Box<str>> = services.iter().map(|n| n.as_str().into()).collect();
+        v.sort();
+        Watched::Many(v.into_boxed_slice())
+    }
+
+    fn contains(&self, service: &str) -> bool {
+        match self {
+            Watched::All => true,
+            Watched::One { len, name } => name[..usize::from(*len)] == *service.as_bytes(),
+            Watched::Many(names) if names.len() <= 8 => names.iter().any(|n| **n == *service),
+            Watched::Many(names) => names.binary_search_by(|n| (**n).cmp(service)).is_ok(),
+        }
+    }
 }
 
 fn now() -> muster_core::Timestamp {
@@ -132,7 +208,11 @@ impl Subscription {
         from: Option<Revision>,
     ) -> Result<Subscription, SubscriptionError> {
         // Subscribe first: whatever the hub publishes from now on is caught.
+        // (An item sent in between is on the channel but counted as taken:
+        // `try_next` may then leave it to `next`, which is all it means.)
         let rx = hub.subscribe();
+        let sent = hub.sent().clone();
+        let taken = sent.load(Ordering::Acquire);
         let mut backlog = VecDeque::new();
         let start = match from {
             Some(rev) => {
@@ -183,6 +263,9 @@ impl Subscription {
             backlog,
             live_from: upto + 1,
             delivered: upto,
+            watched: Watched::of(filter.services.as_ref()),
+            sent,
+            taken,
             filter,
         };
         for item in history {
@@ -222,21 +305,35 @@ impl Subscription {
     /// A live item this subscriber has not seen yet: `Some` when it is
     /// to be sent, `None` when filtered out or already delivered.
     fn take(&mut self, item: Arc<FeedItem>) -> Option<Arc<FeedItem>> {
+        self.taken = self.taken.max(item.seq() + 1);
         if item.revision < self.live_from {
             return None;
         }
         // Items of one revision arrive together; the revision is complete
         // once a later one shows up.
         self.delivered = self.delivered.max(item.revision.saturating_sub(1));
-        self.filter.matches(&item).then_some(item)
+        self.matches(&item).then_some(item)
+    }
+
+    /// [`Filter::matches`], per live item per subscriber: a subscriber
+    /// watches a few services, so a scan of them beats hashing the name.
+    fn matches(&self, item: &FeedItem) -> bool {
+        if item.is_broadcast() {
+            return true;
+        }
+        self.watched.contains(&item.service)
+            && self
+                .filter
+                .allow
+                .as_ref()
+                .is_none_or(|allow| allow(&item.service))
     }
 
     fn live(&self, item: Arc<FeedItem>) -> Message {
         if self.unchanged(&item) {
             Message {
                 revision: item.revision,
-                json: item.json.clone(),
-                shared: Some(item),
+                body: Body::Shared(item),
             }
         } else {
             Message::own(item.revision, self.render(&item))
@@ -279,7 +376,9 @@ impl Subscription {
         if let Some(b) = self.backlog.pop_front() {
             return Some(Ok(b));
         }
-        if self.filter.full {
+        // Nothing sent that this subscriber has not taken: nothing to try
+        // (and no lock of the channel taken to find that out).
+        if self.filter.full || self.taken >= self.sent.load(Ordering::Acquire) {
             return None;
         }
         loop {

@@ -304,65 +304,75 @@ impl WebSocket {
     }
 
     /// Writes `frames` whole, as few writes as the socket allows. Their
-    /// bytes may be shared with other sockets; only the handles advance.
-    pub(crate) async fn send(&mut self, frames: &mut [Bytes]) -> Result<(), WsError> {
+    /// bytes may be shared with other sockets: they are only borrowed.
+    pub(crate) async fn send<F: AsRef<[u8]>>(&mut self, frames: &[F]) -> Result<(), WsError> {
+        // Bytes of `frames` written so far, kept across the two attempts.
+        let mut done = 0;
         // The socket nearly always takes everything at once. Only when it
         // does not is a timer armed: creating and dropping one takes a lock
         // of the runtime's timer wheel, per watcher per event otherwise.
-        if let Some(done) = self.write_all(frames).now_or_never() {
-            return done;
+        if let Some(r) = self.write_all(frames, &mut done).now_or_never() {
+            return r;
         }
         let within = self.write_within;
-        tokio::time::timeout(within, self.write_all(frames))
+        tokio::time::timeout(within, self.write_all(frames, &mut done))
             .await
             .map_err(|_| WsError::Stalled(within))?
     }
 
-    /// Cancel-safe: progress lives in `frames` (a written frame is left
-    /// empty), so a dropped call is resumed by the next one.
-    async fn write_all(&mut self, frames: &mut [Bytes]) -> Result<(), WsError> {
-        while let Some(i) = frames.iter().position(|f| !f.is_empty()) {
-            let rest = &mut frames[i..];
+    /// Writes what is left of `frames` after their first `done` bytes,
+    /// counting progress in `done`, so a dropped call is resumed by the next.
+    async fn write_all<F: AsRef<[u8]>>(
+        &mut self,
+        frames: &[F],
+        done: &mut usize,
+    ) -> Result<(), WsError> {
+        loop {
+            // Skip what is written: whole frames, then part of one.
+            let mut skip = *done;
+            let mut rest = frames.iter().map(AsRef::as_ref);
+            let first = loop {
+                match rest.next() {
+                    Some(f) if skip >= f.len() => skip -= f.len(),
+                    Some(f) => break Some(&f[skip..]),
+                    None => break None,
+                }
+            };
+            let Some(first) = first else { break };
             let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-            let mut k = 0;
-            for (s, f) in slices.iter_mut().zip(rest.iter()) {
+            slices[0] = IoSlice::new(first);
+            let mut k = 1;
+            for (s, f) in slices[1..].iter_mut().zip(rest) {
                 *s = IoSlice::new(f);
                 k += 1;
             }
             // One frame (the usual case): a plain write, which the kernel
             // takes with less work than a one-element writev.
-            let mut n = if k == 1 {
-                self.io.write(&rest[0]).await?
+            let n = if k == 1 {
+                self.io.write(first).await?
             } else {
                 self.io.write_vectored(&slices[..k]).await?
             };
             if n == 0 {
                 return Err(io::Error::from(io::ErrorKind::WriteZero).into());
             }
-            for f in rest.iter_mut() {
-                let step = n.min(f.len());
-                f.advance(step);
-                n -= step;
-                if n == 0 {
-                    break;
-                }
-            }
+            *done += n;
         }
         self.io.flush().await?;
         Ok(())
     }
 
     pub(crate) async fn send_text(&mut self, text: &str) -> Result<(), WsError> {
-        self.send(&mut [frame(TEXT, text.as_bytes())]).await
+        self.send(&[frame(TEXT, text.as_bytes())]).await
     }
 
     pub(crate) async fn ping(&mut self) -> Result<(), WsError> {
-        self.send(&mut [frame(PING, b"")]).await
+        self.send(&[frame(PING, b"")]).await
     }
 
     /// Answers a ping with its payload.
     pub(crate) async fn pong(&mut self, payload: &[u8]) -> Result<(), WsError> {
-        self.send(&mut [frame(PONG, payload)]).await
+        self.send(&[frame(PONG, payload)]).await
     }
 
     /// The peer closed: echo its code (RFC 6455 §5.5.1) and end.
@@ -372,13 +382,13 @@ impl WebSocket {
             Some(c) if c != 1005 && c != 1006 => close_frame(c, ""),
             _ => frame(CLOSE, b""),
         };
-        let _ = self.send(&mut [f]).await;
+        let _ = self.send(&[f]).await;
         let _ = self.io.shutdown().await;
     }
 
     /// We close: send our close, wait a little for the peer's, then end.
     pub(crate) async fn close(mut self, code: u16, reason: &str) {
-        if self.send(&mut [close_frame(code, reason)]).await.is_err() {
+        if self.send(&[close_frame(code, reason)]).await.is_err() {
             return;
         }
         let _ = tokio::time::timeout(CLOSE_WITHIN, async {

@@ -168,6 +168,72 @@ async fn a_masked_ping_is_answered_and_a_close_is_echoed() {
     eof(&mut s).await;
 }
 
+/// The watcher's loop polls the socket and its ping timer only on wake-ups
+/// that bring no event: with events streaming in, a client's ping is still
+/// answered, the server still pings, and a close still ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_and_closes_are_served_while_events_stream() {
+    let srv = server(Duration::from_millis(150)).await;
+    let mut s = open(&srv.addr, "?services=wire").await;
+    event(&mut s).await;
+    let sender = {
+        let (http, base) = (srv.http.clone(), srv.base.clone());
+        tokio::spawn(async move {
+            loop {
+                let body = serde_json::json!({"type": "t", "services": ["wire"], "body": "x"});
+                let _ = http
+                    .post(format!("{base}/api/v1/events"))
+                    .json(&body)
+                    .send()
+                    .await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let (mut events, mut pings, mut pongs) = (0, 0, 0);
+    let start = tokio::time::Instant::now();
+    let mut asked = false;
+    while start.elapsed() < Duration::from_millis(900) || pongs == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no pong in 10 s ({events} events, {pings} pings)"
+        );
+        if !asked && events >= 10 {
+            s.write_all(&masked(0x89, b"still there?")).await.unwrap();
+            asked = true;
+        }
+        let (_, op, p) = frame(&mut s).await;
+        match op {
+            0x1 => events += 1,
+            0x9 => {
+                pings += 1;
+                s.write_all(&masked(0x8A, &p)).await.unwrap();
+            }
+            0xA => {
+                assert_eq!(p, b"still there?");
+                pongs += 1;
+            }
+            op => panic!("unexpected opcode {op:#x}"),
+        }
+    }
+    assert!(events >= 20, "{events} events");
+    assert!(pings >= 3, "pinged {pings} times among {events} events");
+    assert_eq!(pongs, 1);
+    s.write_all(&masked(0x88, &1000u16.to_be_bytes()))
+        .await
+        .unwrap();
+    // Events may still be on their way before the close's echo.
+    loop {
+        let (_, op, p) = frame(&mut s).await;
+        if op == 0x8 {
+            assert_eq!(&p[..2], &1000u16.to_be_bytes()[..]);
+            break;
+        }
+    }
+    sender.abort();
+    eof(&mut s).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unmasked_client_frame_is_a_protocol_error() {
     let srv = server(Duration::from_secs(10)).await;

@@ -12,9 +12,11 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use muster_core::{CustomEventBody, Event};
-use muster_feed::{Filter, Subscription, SubscriptionError};
+use muster_feed::{Filter, Message, Subscription, SubscriptionError, Wire};
 use serde::Serialize;
 use std::collections::HashSet;
+use std::future::Future;
+use std::task::Poll;
 use std::time::Duration;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -193,30 +195,66 @@ pub(crate) async fn serve_ws(mut socket: WebSocket, mut sub: Subscription, every
     ping.tick().await;
     let mut last_heard = tokio::time::Instant::now();
     // Reused across events: no allocation per event once it has grown.
-    let mut frames: Vec<bytes::Bytes> = Vec::with_capacity(1);
+    let mut frames: Vec<Wire> = Vec::with_capacity(1);
+    enum Next {
+        Event(Result<Message, SubscriptionError>),
+        Incoming(Result<Incoming, ws::WsError>),
+        Ping,
+    }
+    // Whether the task's last wake-up was spent on an event, and whether
+    // the socket and the timer last answered `Pending` (their interest is
+    // registered), see below.
+    let mut after_event = false;
+    let mut idle_armed = false;
     loop {
-        tokio::select! {
-            // Events first: a wake-up for an event then polls nothing else
-            // (the socket and the ping timer are polled only while idle).
-            biased;
-            msg = sub.next() => {
+        // Events first. The socket's read side and the ping timer are
+        // polled only on a wake-up that brought no event: polled after every
+        // event, as a `select!` does, they would register interest with the
+        // runtime again each time (the socket's under a lock) for nothing,
+        // per watcher per event. Skipping them then loses no wake-up: their
+        // interest from the last time they were polled stands, and wakes
+        // this task anew when they have something.
+        let next = {
+            let mut event = std::pin::pin!(sub.next());
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(m) = event.as_mut().poll(cx) {
+                    return Poll::Ready(Next::Event(m));
+                }
+                if std::mem::take(&mut after_event) && idle_armed {
+                    return Poll::Pending;
+                }
+                idle_armed = false;
+                if let Poll::Ready(r) = std::pin::pin!(socket.recv()).poll(cx) {
+                    return Poll::Ready(Next::Incoming(r));
+                }
+                if ping.poll_tick(cx).is_ready() {
+                    return Poll::Ready(Next::Ping);
+                }
+                idle_armed = true;
+                Poll::Pending
+            })
+            .await
+        };
+        match next {
+            Next::Event(msg) => {
                 let mut ended = None;
                 match msg {
-                    Ok(m) => frames.push(m.wire(ws::text_frame)),
+                    Ok(m) => frames.push(m.into_wire(ws::text_frame)),
                     Err(e) => ended = Some(e),
                 }
                 while ended.is_none() && frames.len() < COALESCE {
                     match sub.try_next() {
-                        Some(Ok(m)) => frames.push(m.wire(ws::text_frame)),
+                        Some(Ok(m)) => frames.push(m.into_wire(ws::text_frame)),
                         Some(Err(e)) => ended = Some(e),
                         None => break,
                     }
                 }
-                let sent = socket.send(&mut frames).await;
+                let sent = socket.send(&frames).await;
                 frames.clear();
                 if sent.is_err() {
                     return;
                 }
+                after_event = true;
                 if let Some(e) = ended {
                     if socket.send_text(&closing(&e)).await.is_ok() {
                         let (code, reason) = close_code(&e);
@@ -224,8 +262,8 @@ pub(crate) async fn serve_ws(mut socket: WebSocket, mut sub: Subscription, every
                     }
                     return;
                 }
-            },
-            incoming = socket.recv() => match incoming {
+            }
+            Next::Incoming(incoming) => match incoming {
                 Ok(Incoming::Close(code)) => return socket.close_reply(code).await,
                 Ok(Incoming::Ping(p)) => {
                     last_heard = tokio::time::Instant::now();
@@ -236,7 +274,7 @@ pub(crate) async fn serve_ws(mut socket: WebSocket, mut sub: Subscription, every
                 Ok(_) => last_heard = tokio::time::Instant::now(),
                 Err(e) => return socket.fail(&e).await,
             },
-            _ = ping.tick() => {
+            Next::Ping => {
                 if last_heard.elapsed() > every * 3 {
                     tracing::info!("watcher stopped answering pings; closing");
                     return;
@@ -275,7 +313,7 @@ fn sse(s: AppState, sub: Subscription, slot: StreamGuard) -> Response {
                 Ok(m) => {
                     let ev = SseEvent::default()
                         .id(m.revision.to_string())
-                        .data(String::from_utf8_lossy(&m.json));
+                        .data(String::from_utf8_lossy(m.json()));
                     Some((Ok::<_, std::convert::Infallible>(ev), (sub, false, guard)))
                 }
                 Err(e) => {

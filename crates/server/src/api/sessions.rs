@@ -185,7 +185,7 @@ async fn run(mut socket: WebSocket, s: AppState, caller: Caller) {
     let mut ping = tokio::time::interval(s.ping);
     let silent_limit = s.ping * 3;
     let mut last_heard = tokio::time::Instant::now();
-    let mut frames: Vec<bytes::Bytes> = Vec::with_capacity(1);
+    let mut frames: Vec<muster_feed::Wire> = Vec::with_capacity(1);
     let mut peer_closed = None;
     let reason = if socket.send_text(&hello_back.to_string()).await.is_err() {
         "peer gone"
@@ -194,8 +194,8 @@ async fn run(mut socket: WebSocket, s: AppState, caller: Caller) {
             tokio::select! {
                 msg = sub.next() => match msg {
                     Ok(m) => {
-                        frames.push(m.wire(ws::text_frame));
-                        let sent = socket.send(&mut frames).await;
+                        frames.push(m.into_wire(ws::text_frame));
+                        let sent = socket.send(&frames).await;
                         frames.clear();
                         if sent.is_err() {
                             break "peer gone";
