@@ -119,6 +119,14 @@ impl Hub {
                 match next {
                     Some(Ok(change)) => {
                         from = change.revision + 1;
+                        // Nobody subscribed: nothing to build. One who
+                        // subscribes from now on reads this change from
+                        // history (`Subscription::open` takes the store's
+                        // current revision after subscribing, and the store
+                        // counts a change before handing it to a watcher).
+                        if self.tx.receiver_count() == 0 {
+                            continue;
+                        }
                         // Announce a change only once the index shows it, so a
                         // watcher that reads right after an event sees it too.
                         let _ = self.registry.caught_up(change.revision).await;

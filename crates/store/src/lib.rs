@@ -209,7 +209,8 @@ pub trait Store: Send + Sync + 'static {
     fn lease_keepalive(&self, id: LeaseId) -> BoxFuture<'_, Result<Duration>>;
     /// Deletes the lease and every key attached to it, as one change.
     fn lease_revoke(&self, id: LeaseId) -> BoxFuture<'_, Result<()>>;
-    /// The latest committed revision.
+    /// The latest committed revision: at least that of every change already
+    /// handed to a watcher (the feed relies on it at a subscriber's seam).
     fn current_revision(&self) -> Revision;
     /// The oldest revision [`Store::watch`] can still replay.
     fn oldest_revision(&self) -> Revision;
