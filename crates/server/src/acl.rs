@@ -3,7 +3,7 @@
 //! Architecture Invariant: every decision about rights is made in this
 //! module. [`need`] maps each route to what it requires (unknown routes are
 //! refused, so a new route cannot slip through unprotected); the
-//! [`authorize`] middleware authenticates the caller and enforces that; a
+//! [`authorize`] step of every request authenticates the caller and enforces that; a
 //! handler whose right depends on its body (the service named in a Consul
 //! registration, the targets of a custom event) asks the [`Caller`] the
 //! middleware left in the request, and lists are filtered with
@@ -17,10 +17,9 @@
 
 use crate::app::AppState;
 use crate::problem::Problem;
-use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
+use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request};
 use axum::http::request::Parts;
 use axum::http::{Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -442,16 +441,15 @@ fn presented(parts: &Parts) -> Result<Option<String>, Problem> {
     Ok(None)
 }
 
-/// Authenticates every request and enforces its route's [`need`]; leaves
-/// the [`Caller`] in the request for handlers that decide or filter.
-pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    match admit(&state, req).await {
-        Ok(req) => next.run(req).await,
-        Err(p) => {
-            state.metrics.refused(p.code);
-            p.into_response()
-        }
-    }
+/// Authenticates a request and enforces its route's [`need`]; leaves the
+/// [`Caller`] in the request for handlers that decide or filter. `Err` is
+/// the refusal, already counted. (Run by the server's one middleware,
+/// `app::gate`, for every request.)
+pub async fn authorize(state: &AppState, req: Request) -> Result<Request, Response> {
+    admit(state, req).await.map_err(|p| {
+        state.metrics.refused(p.code);
+        p.into_response()
+    })
 }
 
 /// A path parameter the router matched (empty when absent).

@@ -25,9 +25,15 @@ pub struct Ready {
 
 /// Shared by every handler. The registry appears once the store is open and
 /// the index loaded; until then the API answers 503 and `/ready` says not yet.
+///
+/// One `Arc`: axum clones the state for every request, and the layer and
+/// extractors clone it again; one count to bump, not one per field.
 #[derive(Clone)]
-pub struct AppState {
-    ready: Arc<OnceLock<Ready>>,
+pub struct AppState(Arc<Shared>);
+
+/// What [`AppState`] shares (its fields, read through `Deref`).
+pub struct Shared {
+    ready: OnceLock<Ready>,
     pub metrics: Arc<Metrics>,
     /// WebSocket ping interval; a peer silent for three of them is dropped.
     pub ping: std::time::Duration,
@@ -38,10 +44,17 @@ pub struct AppState {
     pub body: crate::limits::BodyLimits,
 }
 
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
 impl AppState {
     pub fn new(metrics: Arc<Metrics>, config: &crate::Config) -> AppState {
-        AppState {
-            ready: Arc::new(OnceLock::new()),
+        AppState(Arc::new(Shared {
+            ready: OnceLock::new(),
             metrics,
             ping: config.ping,
             acl: Arc::new(crate::acl::Acl::new(&config.acl)),
@@ -51,7 +64,7 @@ impl AppState {
                 snapshot: config.snapshot_limit,
                 timeout: config.body_timeout,
             },
-        }
+        }))
     }
 
     pub fn set_ready(&self, r: Ready) {
@@ -199,36 +212,36 @@ pub fn router(state: AppState) -> Router {
                 "this route does not take that method",
             )
         })
-        // Innermost first: bodies are bounded only for requests let in.
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            crate::limits::limit_body,
-        ))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            crate::acl::authorize,
-        ))
-        .layer(middleware::from_fn_with_state(state.clone(), observe))
-        // `limit_body` bounds every body by its route's limit instead.
+        .layer(middleware::from_fn_with_state(state.clone(), gate))
+        // `gate` bounds every body by its route's limit instead.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
 
-/// Counts and times every request, and stamps `X-Muster-Revision`.
-async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// What every request goes through, in one layer (each axum `from_fn`
+/// layer costs a boxed clone of the service beneath and a boxed future per
+/// request): it is timed and counted, and stamped with `X-Muster-Revision`;
+/// access control and rate limits let it in or refuse it (`acl`); a request
+/// let in has its body bounded (`limits`).
+async fn gate(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let mut resp = next.run(req).await;
+    // Shared, not copied: the route's pattern as the router matched it.
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let mut resp = match crate::acl::authorize(&state, req).await {
+        Ok(req) => {
+            let req =
+                crate::limits::limit_body(state.body, route.as_ref().map(|r| r.as_str()), req);
+            next.run(req).await
+        }
+        Err(refused) => refused,
+    };
     let revision = state.ready.get().map_or(0, |r| r.registry.revision());
     resp.headers_mut()
         .insert("x-muster-revision", HeaderValue::from(revision));
     state.metrics.observe_request(
         method.as_str(),
-        &route,
+        route.as_ref().map_or("unmatched", |r| r.as_str()),
         resp.status().as_u16(),
         started.elapsed(),
     );

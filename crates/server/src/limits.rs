@@ -271,24 +271,18 @@ impl BodyLimits {
     }
 }
 
-/// Bounds each request body by its route's limit (413 beyond) and by the
-/// body timeout (a half-sent body cannot pin a connection).
-pub async fn limit_body(
-    axum::extract::State(state): axum::extract::State<crate::app::AppState>,
+/// Bounds a request body by its route's limit (413 beyond) and by the body
+/// timeout (a half-sent body cannot pin a connection).
+pub fn limit_body(
+    limits: BodyLimits,
+    route: Option<&str>,
     req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let route = req
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map(|p| p.as_str().to_string());
-    let limits = state.body;
-    let limit = limits.of(route.as_deref());
-    let req = req.map(|body| {
+) -> axum::extract::Request {
+    let limit = limits.of(route);
+    req.map(|body| {
         axum::body::Body::new(http_body_util::Limited::new(
             tower_http::timeout::TimeoutBody::new(limits.timeout, body),
             limit,
         ))
-    });
-    next.run(req).await
+    })
 }
