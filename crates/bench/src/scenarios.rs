@@ -1381,6 +1381,9 @@ pub async fn blocking(s: &Settings) -> Result<BlockingRow> {
     crate::progress::set(format!(
         "blocking: another service changes, then blk wakes {n} queries"
     ));
+    // A fresh connection: the first has sat idle for longer than the
+    // server keeps an idle keep-alive connection (its header timeout, 10 s).
+    let mut conn = Conn::open(&p.addr).await?;
     put_instance(&mut conn, "other", "o-2", 4).await?;
     let quiet_until = tokio::time::Instant::now() + quiet;
     early += blk_returns(&mut rx, n, quiet_until).await?.len();
