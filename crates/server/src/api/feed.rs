@@ -192,7 +192,8 @@ fn closing(e: &SubscriptionError) -> String {
 /// (`Message::wire`); messages already waiting go out in the same write.
 pub(crate) async fn serve_ws(mut socket: WebSocket, mut sub: Subscription, every: Duration) {
     let mut ping = tokio::time::interval(every);
-    ping.tick().await;
+    // When the ping timer is due next: before then it cannot have fired.
+    let mut ping_due = ping.tick().await + every;
     let mut last_heard = tokio::time::Instant::now();
     // Reused across events: no allocation per event once it has grown.
     let mut frames: Vec<Wire> = Vec::with_capacity(1);
@@ -201,33 +202,39 @@ pub(crate) async fn serve_ws(mut socket: WebSocket, mut sub: Subscription, every
         Incoming(Result<Incoming, ws::WsError>),
         Ping,
     }
-    // Whether the task's last wake-up was spent on an event, and whether
-    // the socket and the timer last answered `Pending` (their interest is
-    // registered), see below.
+    // Whether an event was just sent, and whether the socket and the timer
+    // last answered `Pending` (their interest is registered); see below.
     let mut after_event = false;
     let mut idle_armed = false;
     loop {
-        // Events first. The socket's read side and the ping timer are
-        // polled only on a wake-up that brought no event: polled after every
-        // event, as a `select!` does, they would register interest with the
-        // runtime again each time (the socket's under a lock) for nothing,
-        // per watcher per event. Skipping them then loses no wake-up: their
-        // interest from the last time they were polled stands, and wakes
-        // this task anew when they have something.
+        // Events first. Polled after every event, as a `select!` does, the
+        // socket's read side and the ping timer would register interest with
+        // the runtime again each time (the socket's under a lock), per
+        // watcher per event, nearly always for nothing. So right after an
+        // event they are skipped while the timer is not yet due: the timer's
+        // interest then still stands and is sure to wake this task, which
+        // then polls both. A wake-up by the socket that came together with an
+        // event is thus answered by the next wake-up without an event, at the
+        // latest at the next ping (a peer that has gone is found sooner, by
+        // the next write failing).
         let next = {
             let mut event = std::pin::pin!(sub.next());
             std::future::poll_fn(|cx| {
                 if let Poll::Ready(m) = event.as_mut().poll(cx) {
                     return Poll::Ready(Next::Event(m));
                 }
-                if std::mem::take(&mut after_event) && idle_armed {
+                if std::mem::take(&mut after_event)
+                    && idle_armed
+                    && tokio::time::Instant::now() < ping_due
+                {
                     return Poll::Pending;
                 }
                 idle_armed = false;
                 if let Poll::Ready(r) = std::pin::pin!(socket.recv()).poll(cx) {
                     return Poll::Ready(Next::Incoming(r));
                 }
-                if ping.poll_tick(cx).is_ready() {
+                if let Poll::Ready(at) = ping.poll_tick(cx) {
+                    ping_due = at + every;
                     return Poll::Ready(Next::Ping);
                 }
                 idle_armed = true;
