@@ -165,7 +165,8 @@ impl Watched {
         let Some(services) = services else {
             return Watched::All;
         };
-        if let [only] = services.iter().collect::<Vec<_>>()[..]
+        if services.len() == 1
+            && let Some(only) = services.iter().next()
             && let Ok(len) = u8::try_from(only.len())
             && only.len() <= 63
         {
@@ -392,5 +393,49 @@ impl Subscription {
                 Err(_) => return None,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Watched;
+    use std::collections::HashSet;
+
+    fn watched(names: &[&str]) -> Watched {
+        let set: HashSet<String> = names.iter().map(|n| n.to_string()).collect();
+        Watched::of(Some(&set))
+    }
+
+    #[test]
+    fn watched_services_match_exactly_in_every_layout() {
+        assert!(Watched::of(None).contains("anything"));
+
+        let one = watched(&["web"]);
+        assert!(matches!(one, Watched::One { .. }));
+        assert!(one.contains("web"));
+        for other in ["we", "web2", "webx", "", "api"] {
+            assert!(!one.contains(other), "{other}");
+        }
+
+        let longest = "a".repeat(63);
+        let one = watched(&[&longest]);
+        assert!(matches!(one, Watched::One { .. }));
+        assert!(one.contains(&longest));
+        assert!(!one.contains(&"a".repeat(62)));
+
+        // Longer than any valid name: kept, matched, just not inline.
+        let long = "b".repeat(70);
+        let w = watched(&[&long]);
+        assert!(matches!(w, Watched::Many(_)));
+        assert!(w.contains(&long) && !w.contains("b"));
+
+        let few = watched(&["api", "db", "web"]);
+        assert!(few.contains("db") && few.contains("web") && !few.contains("cache"));
+
+        let names: Vec<String> = (0..40).map(|i| format!("svc-{i:02}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let many = watched(&refs);
+        assert!(refs.iter().all(|n| many.contains(n)));
+        assert!(!many.contains("svc-40") && !many.contains("svc-") && !many.contains("a"));
     }
 }
