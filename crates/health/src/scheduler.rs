@@ -388,6 +388,9 @@ impl Health {
                     synced = change.revision;
                     for ev in &change.events {
                         if let Some((service, id)) = muster_registry::instance_of_key(&ev.kv.key) {
+                            if self.nothing_to_do(service, id) {
+                                continue;
+                            }
                             let rec = self.inner.registry.instance_record(service, id);
                             let mut st = self.inner.state.lock();
                             match rec {
@@ -409,6 +412,23 @@ impl Health {
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             }
         }
+    }
+
+    /// An instance without checks that is not critical, and of which nothing
+    /// is scheduled or watched: reconciling it would change nothing, so its
+    /// record is not even decoded (most instances, most changes).
+    fn nothing_to_do(&self, service: &str, id: &str) -> bool {
+        let quiet = self
+            .inner
+            .registry
+            .instance_checks_and_status(service, id)
+            .is_none_or(|(checks, status)| !checks && status != Status::Critical);
+        if !quiet {
+            return false;
+        }
+        let key = key_of(service, id);
+        let st = self.inner.state.lock();
+        !st.by_instance.contains_key(&key) && !st.instances.contains_key(&key)
     }
 
     /// Pops due jobs and hands them to the workers.

@@ -732,6 +732,15 @@ impl Registry {
             .and_then(|e| e.record().ok())
     }
 
+    /// Whether the instance has checks, and its status, without decoding its
+    /// record; `None` when it is not registered.
+    pub fn instance_checks_and_status(&self, service: &str, id: &str) -> Option<(bool, Status)> {
+        self.index
+            .read()
+            .instance(service, id)
+            .map(|e| (!e.check_ids.is_empty(), e.status))
+    }
+
     /// Every instance that has checks, decoded, and the revision they reflect.
     pub fn instances_with_checks(&self) -> (Revision, Vec<InstanceRecord>) {
         let idx = self.index.read();
