@@ -356,3 +356,48 @@ async fn many_checks_spread_over_their_interval() {
         .len();
     assert_eq!(passing, 200, "every check ran within its interval");
 }
+
+/// Changes to instances without checks are skipped by the engine unless it
+/// tracks something of theirs: checks added later are scheduled, checks
+/// dropped by a re-registration are forgotten.
+#[tokio::test(start_paused = true)]
+async fn checks_added_and_dropped_by_reregistration() {
+    let e = engine(FlapRule::default()).await;
+    let plain = serde_json::json!({"id": "a", "address": "10.0.0.1", "port": 1});
+    let with_ttl = serde_json::json!({"id": "a", "address": "10.0.0.1", "port": 1, "checks": [{"ttl": "10s"}]});
+    e.registry
+        .register("api", body(plain.clone()), None)
+        .await
+        .unwrap();
+    settle().await;
+    assert!(
+        e.health
+            .ttl_update("api:a:ttl", Status::Passing, None)
+            .await
+            .is_err()
+    );
+    // Checks added: scheduled, and the ttl runs out on the server's clock.
+    e.registry
+        .register("api", body(with_ttl), None)
+        .await
+        .unwrap();
+    settle().await;
+    e.health
+        .ttl_update("api:a:ttl", Status::Passing, None)
+        .await
+        .unwrap();
+    settle().await;
+    assert_eq!(status(&e, "api", "a"), Status::Passing);
+    // Checks dropped: forgotten, so nothing turns the instance critical.
+    e.registry.register("api", body(plain), None).await.unwrap();
+    settle().await;
+    assert!(
+        e.health
+            .ttl_update("api:a:ttl", Status::Passing, None)
+            .await
+            .is_err()
+    );
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    settle().await;
+    assert_eq!(status(&e, "api", "a"), Status::Passing);
+}
