@@ -15,7 +15,7 @@
 
 use crate::apply::{Applied, KvTable, apply_txn, revoke_lease};
 use crate::codec::{FORMAT, decode_change, decode_kv, encode_change, encode_kv, kv_lease};
-use crate::front::{self, answer};
+use crate::front::{self, Reply};
 use crate::lease::{LeaseClock, Leases, spawn_expiry};
 use crate::watch::{History, Watcher};
 use crate::{
@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -60,8 +60,6 @@ impl Default for EmbeddedOptions {
         }
     }
 }
-
-type Reply<T> = oneshot::Sender<Result<T>>;
 
 enum Cmd {
     Txn(Txn, Reply<TxnResult>),
@@ -259,38 +257,25 @@ impl EmbeddedStore {
             .map_err(unavailable)?;
         *shared.writer.lock() = Some(handle);
         let store = EmbeddedStore(shared);
-        let weak = Arc::downgrade(&store.0);
-        spawn_expiry(store.0.leases.clone(), store.0.cancel.clone(), move |id| {
-            let weak = weak.clone();
-            Box::pin(async move {
-                let Some(shared) = weak.upgrade() else {
-                    return true;
-                };
-                let (reply, rx) = oneshot::channel();
-                let store = EmbeddedStore(shared);
-                if store
-                    .send(Cmd::Revoke {
-                        id,
-                        only_if_expired: true,
-                        reply,
-                    })
-                    .is_err()
-                {
-                    return true;
-                }
-                matches!(rx.await, Ok(Ok(_)))
-            })
-        });
+        spawn_expiry(
+            store.0.leases.clone(),
+            store.0.cancel.clone(),
+            front::expire_via(
+                Arc::downgrade(&store.0),
+                |s| &s.commands,
+                |id, reply| Cmd::Revoke {
+                    id,
+                    only_if_expired: true,
+                    reply,
+                },
+            ),
+        );
         Ok(store)
     }
 
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.0.path
-    }
-
-    fn send(&self, cmd: Cmd) -> Result<()> {
-        front::send(&self.0.commands, cmd)
     }
 
     fn db(&self) -> Result<Arc<Database>> {
@@ -324,12 +309,7 @@ impl History for Shared {
 
 impl Store for EmbeddedStore {
     fn txn(&self, txn: Txn) -> BoxFuture<'_, Result<TxnResult>> {
-        let (reply, rx) = oneshot::channel();
-        let sent = self.send(Cmd::Txn(txn, reply));
-        Box::pin(async move {
-            sent?;
-            answer(rx).await
-        })
+        front::request(&self.0.commands, |reply| Cmd::Txn(txn, reply))
     }
 
     fn snapshot(&self, prefix: &[u8]) -> BoxFuture<'_, Result<Snapshot>> {
@@ -379,18 +359,10 @@ impl Store for EmbeddedStore {
     }
 
     fn lease_revoke(&self, id: LeaseId) -> BoxFuture<'_, Result<()>> {
-        let (reply, rx) = oneshot::channel();
-        let sent = self.send(Cmd::Revoke {
+        front::revoke(&self.0.commands, id, |reply| Cmd::Revoke {
             id,
             only_if_expired: false,
             reply,
-        });
-        Box::pin(async move {
-            sent?;
-            match answer(rx).await? {
-                true => Ok(()),
-                false => Err(StoreError::LeaseNotFound(id)),
-            }
         })
     }
 

@@ -25,7 +25,7 @@ mod snapshot;
 mod wal;
 
 use crate::apply::{Applied, apply_txn, revoke_lease};
-use crate::front::{self, answer};
+use crate::front::{self, Reply, answer};
 use crate::lease::{LeaseClock, Leases, spawn_expiry};
 use crate::watch::{History, Watcher};
 use crate::{
@@ -68,8 +68,6 @@ impl Default for LogOptions {
         }
     }
 }
-
-type Reply<T> = oneshot::Sender<Result<T>>;
 
 enum Cmd {
     Txn(Txn, Reply<TxnResult>),
@@ -205,28 +203,19 @@ impl LogStore {
             .map_err(unavailable)?;
         *shared.writer.lock() = Some(handle);
         let store = LogStore(shared);
-        let weak = Arc::downgrade(&store.0);
-        spawn_expiry(store.0.leases.clone(), store.0.cancel.clone(), move |id| {
-            let weak = weak.clone();
-            Box::pin(async move {
-                let Some(shared) = weak.upgrade() else {
-                    return true;
-                };
-                let (reply, rx) = oneshot::channel();
-                let store = LogStore(shared);
-                if store
-                    .send(Cmd::Revoke {
-                        id,
-                        only_if_expired: true,
-                        reply,
-                    })
-                    .is_err()
-                {
-                    return true;
-                }
-                matches!(rx.await, Ok(Ok(_)))
-            })
-        });
+        spawn_expiry(
+            store.0.leases.clone(),
+            store.0.cancel.clone(),
+            front::expire_via(
+                Arc::downgrade(&store.0),
+                |s| &s.commands,
+                |id, reply| Cmd::Revoke {
+                    id,
+                    only_if_expired: true,
+                    reply,
+                },
+            ),
+        );
         Ok(store)
     }
 
@@ -270,12 +259,7 @@ impl History for Shared {
 
 impl Store for LogStore {
     fn txn(&self, txn: Txn) -> BoxFuture<'_, Result<TxnResult>> {
-        let (reply, rx) = oneshot::channel();
-        let sent = self.send(Cmd::Txn(txn, reply));
-        Box::pin(async move {
-            sent?;
-            answer(rx).await
-        })
+        front::request(&self.0.commands, |reply| Cmd::Txn(txn, reply))
     }
 
     fn snapshot(&self, prefix: &[u8]) -> BoxFuture<'_, Result<Snapshot>> {
@@ -316,18 +300,10 @@ impl Store for LogStore {
     }
 
     fn lease_revoke(&self, id: LeaseId) -> BoxFuture<'_, Result<()>> {
-        let (reply, rx) = oneshot::channel();
-        let sent = self.send(Cmd::Revoke {
+        front::revoke(&self.0.commands, id, |reply| Cmd::Revoke {
             id,
             only_if_expired: false,
             reply,
-        });
-        Box::pin(async move {
-            sent?;
-            match answer(rx).await? {
-                true => Ok(()),
-                false => Err(StoreError::LeaseNotFound(id)),
-            }
         })
     }
 
