@@ -145,15 +145,7 @@ async fn active_checks_history_and_stats() {
         "some passing, some critical: {stats}"
     );
     assert!(stats["response_ms"]["p99"].is_u64());
-    let metrics = s
-        .http
-        .get(format!("{}/metrics", s.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics().await;
     for want in [
         "muster_check_status{check=\"web:w1:health\",service=\"web\",instance=\"w1\"} 2",
         "muster_check_last_response_seconds{check=\"web:w1:health\"",

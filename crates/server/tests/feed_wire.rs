@@ -301,15 +301,7 @@ async fn a_bad_handshake_is_refused_before_any_upgrade() {
         assert_eq!(body["code"], "invalid");
     }
     // The refused attempts left no watcher behind.
-    let metrics = srv
-        .http
-        .get(format!("{}/metrics", srv.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = srv.metrics().await;
     let watchers = metrics
         .lines()
         .find(|l| l.starts_with("muster_feed_watchers") || l.starts_with("muster_watchers"))

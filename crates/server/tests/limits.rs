@@ -72,15 +72,7 @@ async fn half_sent_and_idle_connections_are_closed_and_the_limit_holds() {
         closed_by_server(&mut half, Duration::from_secs(2)).await,
         "the half-sent request was closed"
     );
-    let metrics = s
-        .http
-        .get(format!("{}/metrics", s.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics().await;
     let reached: f64 = metrics
         .lines()
         .find(|l| l.starts_with("muster_http_connection_limit_reached_total"))
@@ -125,13 +117,7 @@ async fn a_client_over_its_rate_gets_429_with_retry_after() {
     // One request's worth refills in 1/rate (the refill itself is the
     // bucket's unit test, with paused time): enough to read the metrics.
     tokio::time::sleep(Duration::from_millis(250)).await;
-    let metrics = s
-        .http
-        .get(format!("{}/metrics", s.base))
-        .send()
-        .await
-        .unwrap();
-    let text = metrics.text().await.unwrap();
+    let text = s.metrics().await;
     assert!(
         text.contains("muster_refused_requests_total{reason=\"rate_limited\"}"),
         "{text}"

@@ -22,6 +22,20 @@ impl Drop for Server {
     }
 }
 
+impl Server {
+    /// The text of `/metrics` (answered 200, or the test fails).
+    pub async fn metrics(&self) -> String {
+        let r = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        r.text().await.unwrap()
+    }
+}
+
 /// Starts a server and returns once `/ready` answers 200.
 pub async fn start_ready(config: Config) -> Server {
     let stop = CancellationToken::new();
