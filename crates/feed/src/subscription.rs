@@ -36,20 +36,6 @@ impl std::fmt::Debug for Filter {
     }
 }
 
-impl Filter {
-    /// Broadcast events reach everyone; others only watchers of their
-    /// service that may read it.
-    pub fn matches(&self, item: &FeedItem) -> bool {
-        item.is_broadcast() || self.wants(&item.service)
-    }
-
-    /// Whether the subscriber watches `service` and may read it.
-    pub fn wants(&self, service: &str) -> bool {
-        self.services.as_ref().is_none_or(|s| s.contains(service))
-            && self.allow.as_ref().is_none_or(|allow| allow(service))
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum SubscriptionError {
     /// The requested revision is older than the retained history.
@@ -214,7 +200,18 @@ impl Subscription {
         let rx = hub.subscribe();
         let sent = hub.sent().clone();
         let taken = sent.load(Ordering::Acquire);
-        let mut backlog = VecDeque::new();
+        let mut sub = Subscription {
+            registry,
+            rx,
+            backlog: VecDeque::new(),
+            // Both set below, once the store's revision is read.
+            live_from: 0,
+            delivered: 0,
+            watched: Watched::of(filter.services.as_ref()),
+            sent,
+            taken,
+            filter,
+        };
         let start = match from {
             Some(rev) => {
                 let oldest = hub.store().oldest_revision();
@@ -227,14 +224,14 @@ impl Subscription {
                 rev
             }
             None => {
-                let services: Option<Vec<String>> = filter.services.as_ref().map(|s| {
+                let services: Option<Vec<String>> = sub.filter.services.as_ref().map(|s| {
                     let mut v: Vec<String> = s.iter().cloned().collect();
                     v.sort();
                     v
                 });
-                let (rev, snap) = registry.snapshot(services.as_deref());
+                let (rev, snap) = sub.registry.snapshot(services.as_deref());
                 for (service, instances) in snap {
-                    if !filter.wants(&service) {
+                    if !sub.wants(&service) {
                         continue;
                     }
                     let mut e = Event::new(rev, EventKind::Snapshot, service, now());
@@ -242,7 +239,7 @@ impl Subscription {
                         String::from_utf8(list_json(&instances)).unwrap_or_else(|_| "[]".into()),
                     )
                     .ok();
-                    backlog.push_back(Message::own(
+                    sub.backlog.push_back(Message::own(
                         rev,
                         Bytes::from(serde_json::to_vec(&e).unwrap_or_default()),
                     ));
@@ -258,19 +255,10 @@ impl Subscription {
             }
             e => SubscriptionError::Store(e),
         })?;
-        let mut sub = Subscription {
-            registry,
-            rx,
-            backlog,
-            live_from: upto + 1,
-            delivered: upto,
-            watched: Watched::of(filter.services.as_ref()),
-            sent,
-            taken,
-            filter,
-        };
+        sub.live_from = upto + 1;
+        sub.delivered = upto;
         for item in history {
-            if sub.filter.matches(&item) {
+            if sub.matches(&item) {
                 let json = sub.render(&item);
                 sub.backlog.push_back(Message::own(item.revision, json));
             }
@@ -316,18 +304,21 @@ impl Subscription {
         self.matches(&item).then_some(item)
     }
 
-    /// [`Filter::matches`], per live item per subscriber: a subscriber
-    /// watches a few services, so a scan of them beats hashing the name.
+    /// Broadcast events reach everyone; others only watchers of their
+    /// service that may read it. Per live item per subscriber, so `watched`
+    /// is laid out for it.
     fn matches(&self, item: &FeedItem) -> bool {
-        if item.is_broadcast() {
-            return true;
-        }
-        self.watched.contains(&item.service)
+        item.is_broadcast() || self.wants(&item.service)
+    }
+
+    /// Whether the subscriber watches `service` and may read it.
+    fn wants(&self, service: &str) -> bool {
+        self.watched.contains(service)
             && self
                 .filter
                 .allow
                 .as_ref()
-                .is_none_or(|allow| allow(&item.service))
+                .is_none_or(|allow| allow(service))
     }
 
     fn live(&self, item: Arc<FeedItem>) -> Message {
