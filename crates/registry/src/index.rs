@@ -13,7 +13,7 @@ use muster_core::{ServiceRecord, Status};
 use muster_store::{Change, EventType, KeyValue, LeaseId, Revision, Snapshot};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 
 #[derive(Debug, Clone)]
@@ -21,7 +21,8 @@ pub struct InstanceEntry {
     /// The record's JSON object.
     pub json: Bytes,
     pub status: Status,
-    pub tags: Box<[Box<str>]>,
+    /// Shared with every instance carrying the same tags ([`TagSets`]).
+    pub tags: Arc<[Box<str>]>,
     pub mod_revision: Revision,
     pub lease: Option<LeaseId>,
     /// Ids of its checks (empty for most instances: no allocation).
@@ -135,6 +136,35 @@ pub struct Index {
     /// The revision that last changed each service (its definition or any
     /// instance), kept after the service is gone: Consul's per-resource index.
     pub modified: HashMap<String, Revision>,
+    tag_sets: TagSets,
+}
+
+/// Instances' tag lists, each distinct list held once: most instances of a
+/// fleet carry the same few tags, and a list of its own (an array and a heap
+/// string per tag) cost ~150 bytes an instance, ~140 MiB at a million.
+/// A list no instance uses any more is dropped by a sweep that runs each
+/// time the set has doubled since the last one, so the set stays within
+/// twice the lists in use (plus 64) whatever tags clients send.
+#[derive(Debug, Default)]
+struct TagSets {
+    sets: HashSet<Arc<[Box<str>]>>,
+    swept_at: usize,
+}
+
+impl TagSets {
+    fn intern(&mut self, tags: Vec<Box<str>>) -> Arc<[Box<str>]> {
+        if let Some(shared) = self.sets.get(tags.as_slice()) {
+            return shared.clone();
+        }
+        if self.sets.len() >= 2 * self.swept_at + 64 {
+            // Held only here: no instance uses it.
+            self.sets.retain(|s| Arc::strong_count(s) > 1);
+            self.swept_at = self.sets.len();
+        }
+        let shared: Arc<[Box<str>]> = tags.into();
+        self.sets.insert(shared.clone());
+        shared
+    }
 }
 
 impl Index {
@@ -234,7 +264,7 @@ impl Index {
                                 // is held once however many holders it has.
                                 json: kv.value.slice_ref(json),
                                 status: f.status,
-                                tags: f.tags.into_boxed_slice(),
+                                tags: self.tag_sets.intern(f.tags),
                                 mod_revision: kv.mod_revision,
                                 lease: kv.lease,
                                 check_ids,
@@ -293,5 +323,30 @@ impl Index {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tags(t: &[&str]) -> Vec<Box<str>> {
+        t.iter().map(|s| (*s).into()).collect()
+    }
+
+    #[test]
+    fn equal_tag_lists_are_held_once_and_unused_ones_are_swept() {
+        let mut sets = TagSets::default();
+        let a = sets.intern(tags(&["v2", "eu"]));
+        let b = sets.intern(tags(&["v2", "eu"]));
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &sets.intern(tags(&["eu", "v2"]))));
+        // Lists no instance holds any more are dropped once the set grows.
+        for i in 0..200 {
+            sets.intern(tags(&[&format!("t{i}")]));
+        }
+        assert!(sets.sets.len() < 100, "{} lists kept", sets.sets.len());
+        assert!(sets.sets.contains(a.as_ref()), "a list in use is kept");
+        assert!(Arc::ptr_eq(&a, &sets.intern(tags(&["v2", "eu"]))));
     }
 }

@@ -60,7 +60,9 @@ pub(crate) fn apply_txn(
             _ => {}
         }
     }
-    let mut events = Vec::new();
+    // Exact-size: a change is retained in the history (100k of them by
+    // default), where `Vec`'s first growth to 4 slots would hold 3 empty ones.
+    let mut events = Vec::with_capacity(txn.ops.len());
     for op in &txn.ops {
         match op {
             Op::Put { key, value, lease } => {
@@ -103,6 +105,7 @@ pub(crate) fn apply_txn(
     if events.is_empty() && txn.note.is_none() {
         return Ok(Applied::Unchanged);
     }
+    events.shrink_to_fit();
     Ok(Applied::Changed(Change {
         revision: rev,
         at_ms,
@@ -136,6 +139,7 @@ pub(crate) fn revoke_lease(
     if events.is_empty() {
         return Ok(Some(Applied::Unchanged));
     }
+    events.shrink_to_fit();
     Ok(Some(Applied::Changed(Change {
         revision: rev,
         at_ms,
