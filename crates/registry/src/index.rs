@@ -14,8 +14,12 @@ use muster_store::{Change, EventType, KeyValue, LeaseId, Revision, Snapshot};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::num::NonZeroU64;
 use std::sync::{Arc, OnceLock};
 
+/// One instance in the index. Kept to 96 bytes: a million of them sit in
+/// B-tree nodes that jemalloc rounds up to its next size class (1,280 bytes
+/// for 11 entries of 96 + 16, 1,536 from 104 on).
 #[derive(Debug, Clone)]
 pub struct InstanceEntry {
     /// The record's JSON object.
@@ -24,14 +28,27 @@ pub struct InstanceEntry {
     /// Shared with every instance carrying the same tags ([`TagSets`]).
     pub tags: Arc<[Box<str>]>,
     pub mod_revision: Revision,
-    pub lease: Option<LeaseId>,
-    /// Ids of its checks (empty for most instances: no allocation).
-    pub check_ids: Box<[Box<str>]>,
+    /// Lease ids start at 1.
+    lease: Option<NonZeroU64>,
+    /// Ids of its checks (`None` for most instances: no allocation).
+    check_ids: Option<Box<CheckIds>>,
     /// Created at the first heartbeat; carried across updates of the instance.
     pub volatile: OnceLock<Arc<Mutex<Volatile>>>,
 }
 
+#[derive(Debug, Clone)]
+struct CheckIds(Box<[Box<str>]>);
+
 impl InstanceEntry {
+    pub fn lease(&self) -> Option<LeaseId> {
+        self.lease.map(|l| LeaseId(l.get()))
+    }
+
+    /// Ids of its checks.
+    pub fn check_ids(&self) -> &[Box<str>] {
+        self.check_ids.as_deref().map_or(&[], |c| &c.0)
+    }
+
     pub fn record(&self) -> Result<muster_core::InstanceRecord, String> {
         serde_json::from_slice(&self.json).map_err(|e| format!("unreadable instance record: {e}"))
     }
@@ -241,7 +258,7 @@ impl Index {
                             .map(|e| e.volatile.clone())
                             .unwrap_or_default();
                         if let Some(old) = entry.instances.get(id) {
-                            for c in &old.check_ids {
+                            for c in old.check_ids() {
                                 self.checks.remove(c);
                             }
                         }
@@ -266,8 +283,9 @@ impl Index {
                                 status: f.status,
                                 tags: self.tag_sets.intern(f.tags),
                                 mod_revision: kv.mod_revision,
-                                lease: kv.lease,
-                                check_ids,
+                                lease: kv.lease.and_then(|l| NonZeroU64::new(l.0)),
+                                check_ids: (!check_ids.is_empty())
+                                    .then(|| Box::new(CheckIds(check_ids))),
                                 volatile,
                             },
                         );
@@ -293,7 +311,7 @@ impl Index {
                 if let Some(e) = self.services.get_mut(service)
                     && let Some(old) = e.instances.remove(id)
                 {
-                    for c in &old.check_ids {
+                    for c in old.check_ids() {
                         self.checks.remove(c);
                     }
                 }
@@ -332,6 +350,11 @@ mod tests {
 
     fn tags(t: &[&str]) -> Vec<Box<str>> {
         t.iter().map(|s| (*s).into()).collect()
+    }
+
+    #[test]
+    fn an_instance_entry_fits_its_size_class() {
+        assert!(std::mem::size_of::<InstanceEntry>() <= 96);
     }
 
     #[test]

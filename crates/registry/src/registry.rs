@@ -394,7 +394,7 @@ impl Registry {
                 && pr.same_definition(&rec)
             {
                 // Nothing a reader sees would change: renew instead of writing.
-                let unchanged = match p.lease {
+                let unchanged = match p.lease() {
                     None => true,
                     Some(l) => self.store.lease_keepalive(l).await.is_ok(),
                 };
@@ -403,7 +403,7 @@ impl Registry {
                         instance: p.to_json(),
                         created: false,
                         revision: self.revision(),
-                        lease: p.lease,
+                        lease: p.lease(),
                     });
                 }
             }
@@ -431,7 +431,7 @@ impl Registry {
                 self.catch_up().await?;
                 continue;
             }
-            if let Some(old) = prev.as_ref().and_then(|p| p.lease)
+            if let Some(old) = prev.as_ref().and_then(|p| p.lease())
                 && Some(old) != lease
             {
                 // The key has moved to the new lease; this deletes nothing.
@@ -466,7 +466,7 @@ impl Registry {
     ) -> Result<Revision, RegistryError> {
         body.validate()?;
         let key = keys::instance_key(service, id);
-        let lease = self.entry(service, id).and_then(|e| e.lease);
+        let lease = self.entry(service, id).and_then(|e| e.lease());
         let mut note = Note::new(NoteKind::Deregistered);
         note.reason = body.reason;
         note.error = body.error;
@@ -501,7 +501,7 @@ impl Registry {
         let entry = self
             .entry(service, id)
             .ok_or_else(|| not_found(service, id))?;
-        if let Some(l) = entry.lease {
+        if let Some(l) = entry.lease() {
             match self.store.lease_keepalive(l).await {
                 Ok(_) => {}
                 Err(StoreError::LeaseNotFound(_)) => return Err(not_found(service, id)),
@@ -588,7 +588,7 @@ impl Registry {
             rec.updated_at = now();
             let txn = Txn::new()
                 .when(Compare::ModRevision(key.clone().into(), entry.mod_revision))
-                .put(key.clone(), keys::encode(&rec), entry.lease)
+                .put(key.clone(), keys::encode(&rec), entry.lease())
                 .note(note.encode());
             match self.store.txn(txn).await {
                 Ok(res) if res.succeeded => return self.applied(res.revision).await,
@@ -738,7 +738,7 @@ impl Registry {
         self.index
             .read()
             .instance(service, id)
-            .map(|e| (!e.check_ids.is_empty(), e.status))
+            .map(|e| (!e.check_ids().is_empty(), e.status))
     }
 
     /// Every instance that has checks, decoded, and the revision they reflect.
@@ -748,7 +748,7 @@ impl Registry {
             .services
             .values()
             .flat_map(|s| s.instances.values())
-            .filter(|e| !e.check_ids.is_empty())
+            .filter(|e| !e.check_ids().is_empty())
             .filter_map(|e| e.record().ok())
             .collect();
         (idx.revision, recs)
@@ -788,7 +788,7 @@ impl Registry {
         services
             .into_iter()
             .flat_map(|s| s.instances.values())
-            .filter(|e| !e.check_ids.is_empty())
+            .filter(|e| !e.check_ids().is_empty())
             .filter_map(|e| e.record().ok())
             .flat_map(|rec| {
                 rec.checks

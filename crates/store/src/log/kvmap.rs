@@ -17,7 +17,13 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
 
-pub(crate) type Map = BTreeMap<Bytes, Entry>;
+/// A key as the map holds it: 16 bytes beside the entry, not `Bytes`' 32,
+/// so a leaf of 11 entries (892 bytes) fits jemalloc's 896-byte class
+/// instead of spilling into the 1,280 one: ~75 bytes less per key with
+/// the key's own allocation (a shared `Bytes` also allocates its header).
+pub(crate) type Key = Box<[u8]>;
+
+pub(crate) type Map = BTreeMap<Key, Entry>;
 
 /// A key's record without the key (the map holds it once): 64 bytes a key
 /// instead of `KeyValue`'s 104, which is tens of MiB at a million keys.
@@ -42,9 +48,9 @@ impl Entry {
         }
     }
 
-    pub fn to_kv(&self, key: &Bytes) -> KeyValue {
+    pub fn to_kv(&self, key: &[u8]) -> KeyValue {
         KeyValue {
-            key: key.clone(),
+            key: Bytes::copy_from_slice(key),
             value: self.value.clone(),
             create_revision: self.create_revision,
             mod_revision: self.mod_revision,
@@ -58,13 +64,13 @@ impl Entry {
 pub(crate) struct KvMap {
     base: Arc<Map>,
     /// While a snapshot holds `base`: key → new value (`None` = deleted).
-    overlay: Option<BTreeMap<Bytes, Option<Entry>>>,
+    overlay: Option<BTreeMap<Key, Option<Entry>>>,
 }
 
-fn bounds(prefix: &[u8]) -> (Bound<Bytes>, Bound<Bytes>) {
+fn bounds(prefix: &[u8]) -> (Bound<Key>, Bound<Key>) {
     (
-        Bound::Included(Bytes::copy_from_slice(prefix)),
-        prefix_end(prefix).map_or(Bound::Unbounded, |e| Bound::Excluded(Bytes::from(e))),
+        Bound::Included(prefix.into()),
+        prefix_end(prefix).map_or(Bound::Unbounded, |e| Bound::Excluded(e.into())),
     )
 }
 
@@ -89,10 +95,10 @@ impl KvMap {
         let entry = Entry::of(&kv);
         match &mut self.overlay {
             Some(o) => {
-                o.insert(kv.key, Some(entry));
+                o.insert(kv.key[..].into(), Some(entry));
             }
             None => {
-                Arc::make_mut(&mut self.base).insert(kv.key, entry);
+                Arc::make_mut(&mut self.base).insert(kv.key[..].into(), entry);
             }
         }
     }
@@ -101,7 +107,7 @@ impl KvMap {
         match &mut self.overlay {
             Some(o) => {
                 if self.base.contains_key(key) {
-                    o.insert(Bytes::copy_from_slice(key), None);
+                    o.insert(key.into(), None);
                 } else {
                     o.remove(key);
                 }
@@ -171,7 +177,7 @@ impl KvMap {
     }
 
     /// All key-values, in order (for loading leases after recovery).
-    pub fn for_each(&self, mut f: impl FnMut(&Bytes, &Entry)) {
+    pub fn for_each(&self, mut f: impl FnMut(&[u8], &Entry)) {
         match &self.overlay {
             None => self.base.iter().for_each(|(k, e)| f(k, e)),
             Some(_) => self

@@ -156,7 +156,7 @@ impl LogStore {
         if !leases.map.is_empty() {
             kv.for_each(|key, e| {
                 if e.lease != 0 {
-                    leases.attach(LeaseId(e.lease), key);
+                    leases.attach(LeaseId(e.lease), &bytes::Bytes::copy_from_slice(key));
                 }
             });
         }

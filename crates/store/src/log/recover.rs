@@ -229,14 +229,19 @@ impl Replay {
         for e in &mut change.events {
             match e.kind {
                 EventType::Put => {
-                    e.prev = self.map.get_key_value(&e.kv.key).map(|(k, en)| en.to_kv(k));
-                    if let Some(p) = &e.prev {
-                        e.kv.key = p.key.clone();
-                    }
-                    self.map.insert(e.kv.key.clone(), Entry::of(&e.kv));
+                    e.prev = self.map.get(&e.kv.key[..]).map(|en| {
+                        let mut prev = en.to_kv(&e.kv.key);
+                        prev.key = e.kv.key.clone();
+                        prev
+                    });
+                    self.map.insert(e.kv.key[..].into(), Entry::of(&e.kv));
                 }
                 EventType::Delete => {
-                    e.prev = self.map.remove_entry(&e.kv.key).map(|(k, en)| en.to_kv(&k));
+                    e.prev = self.map.remove(&e.kv.key[..]).map(|en| {
+                        let mut prev = en.to_kv(b"");
+                        prev.key = e.kv.key.clone();
+                        prev
+                    });
                 }
             }
         }

@@ -177,7 +177,7 @@ pub(crate) fn read(path: &PathBuf) -> Result<Image, StoreError> {
                 for _ in 0..n {
                     let kv = take_record_kv(&mut rest).map_err(|e| corrupt(path, at, e))?;
                     let entry = Entry::of(&kv);
-                    map.insert(kv.key, entry);
+                    map.insert(kv.key[..].into(), entry);
                 }
             }
             Some(TAG_HISTORY) => {
@@ -211,6 +211,7 @@ pub(crate) fn read(path: &PathBuf) -> Result<Image, StoreError> {
 
 /// Re-points the values of retained history at the map's own `Bytes` (and at
 /// each other), so a restart does not hold every retained value twice.
+/// (Keys are not shared: the map holds its own, see [`super::kvmap::Key`].)
 pub(crate) fn share_history(map: &Map, history: &mut VecDeque<Arc<Change>>) {
     use std::collections::HashMap;
     let mut seen: HashMap<(bytes::Bytes, u64), bytes::Bytes> = HashMap::new();
@@ -223,11 +224,10 @@ pub(crate) fn share_history(map: &Map, history: &mut VecDeque<Arc<Change>>) {
                 p.value = v.clone();
             }
             if e.kind == crate::EventType::Put {
-                if let Some((key, cur)) = map.get_key_value(&e.kv.key)
+                if let Some(cur) = map.get(&e.kv.key[..])
                     && cur.mod_revision == e.kv.mod_revision
                 {
                     e.kv.value = cur.value.clone();
-                    e.kv.key = key.clone();
                 }
                 seen.insert((e.kv.key.clone(), e.kv.mod_revision), e.kv.value.clone());
             }
