@@ -25,7 +25,8 @@ pub struct ServerArgs {
         conflicts_with = "in_memory"
     )]
     data_dir: Option<PathBuf>,
-    /// Engine of the data directory's store: redb or log [default: redb]
+    /// Engine of the data directory's store: log or redb [default: the one
+    /// whose data the directory holds; log for a new directory]
     #[arg(long, env = "MUSTER_STORE_ENGINE", value_name = "ENGINE", value_parser = ["redb", "log"])]
     store_engine: Option<String>,
     /// Keep everything in memory (nothing survives a restart)

@@ -1,6 +1,6 @@
 //! Acknowledged writes survive `kill -9`: register 300 instances against the
-//! real binary on the embedded store, SIGKILL it, restart it on the same data
-//! dir, and find all 300.
+//! real binary on the embedded store (each engine), SIGKILL it, restart it on
+//! the same data dir, and find all 300.
 
 mod common;
 
@@ -21,11 +21,22 @@ async fn count(http: &reqwest::Client, addr: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_registrations_survive_kill_9() {
+    // The default engine (log, for a new data dir).
+    survive_kill_9(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_registrations_survive_kill_9_on_redb() {
+    // Restarted without the flag: a data dir holding redb's store opens with redb.
+    survive_kill_9(&["--store-engine", "redb"]).await;
+}
+
+async fn survive_kill_9(engine: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let data = data.to_str().unwrap();
     let http = reqwest::Client::new();
-    let mut server = Server::start_with(&["--data-dir", data]);
+    let mut server = Server::start_with(&[&["--data-dir", data], engine].concat());
     // 300 registrations from 16 concurrent clients, so commits are shared.
     let tasks: Vec<_> = (0..16)
         .map(|t| {

@@ -1,4 +1,4 @@
-//! A data dir that cannot be written: writes answer 503 with a reason the
+//! A data dir that cannot be written (on each store engine): writes answer 503 with a reason the
 //! operator can act on, reads keep being served from the index, and once
 //! writing is possible again the server takes writes again and a restart finds every acknowledged write intact
 //! and takes new ones.
@@ -123,11 +123,41 @@ async fn listed(http: &reqwest::Client, addr: &str) -> Vec<String> {
     ids
 }
 
-async fn start(data: &Path) -> Server {
+/// The store engines; each test runs on both.
+#[derive(Clone, Copy)]
+enum Engine {
+    Log,
+    Redb,
+}
+
+impl Engine {
+    fn flag(self) -> &'static str {
+        match self {
+            Engine::Log => "log",
+            Engine::Redb => "redb",
+        }
+    }
+
+    /// The file the engine writes acknowledged data to (once it has some).
+    fn data_file(self, data: &Path) -> PathBuf {
+        match self {
+            Engine::Redb => data.join("muster.redb"),
+            Engine::Log => std::fs::read_dir(data)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .find(|p| p.extension().is_some_and(|x| x == "log"))
+                .expect("the log engine has a WAL file"),
+        }
+    }
+}
+
+async fn start(data: &Path, engine: Engine) -> Server {
     let data = data.to_str().unwrap().to_string();
-    tokio::task::spawn_blocking(move || Server::start_with(&["--data-dir", &data]))
-        .await
-        .expect("the store opens")
+    tokio::task::spawn_blocking(move || {
+        Server::start_with(&["--data-dir", &data, "--store-engine", engine.flag()])
+    })
+    .await
+    .expect("the store opens")
 }
 
 /// The shared scenario: `acked` registrations exist; `break_disk` makes
@@ -135,12 +165,13 @@ async fn start(data: &Path) -> Server {
 /// it possible again.
 async fn refuses_then_recovers(
     data: &Path,
+    engine: Engine,
     break_disk: impl FnOnce(),
     reason: &str,
     heal_disk: impl FnOnce(),
 ) {
     let http = reqwest::Client::new();
-    let mut server = start(data).await;
+    let mut server = start(data, engine).await;
     let mut acked = Vec::new();
     for n in 0..20 {
         let (status, body) = register(&http, &server.addr, n).await;
@@ -207,7 +238,7 @@ async fn refuses_then_recovers(
     server.child.wait().unwrap();
     drop(server);
 
-    let server = start(data).await;
+    let server = start(data, engine).await;
     assert_eq!(
         listed(&http, &server.addr).await,
         acked,
@@ -220,8 +251,7 @@ async fn refuses_then_recovers(
     assert_eq!(listed(&http, &server.addr).await, acked);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn full_disk_refuses_writes_with_503_keeps_reads_and_loses_nothing() {
+async fn full_disk(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
@@ -230,6 +260,7 @@ async fn full_disk_refuses_writes_with_503_keeps_reads_and_loses_nothing() {
     let filler = mnt.join("filler");
     refuses_then_recovers(
         &mnt.join("data"),
+        engine,
         || fill(&filler),
         "No space left on device",
         || std::fs::remove_file(&filler).unwrap(),
@@ -237,17 +268,36 @@ async fn full_disk_refuses_writes_with_503_keeps_reads_and_loses_nothing() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn immutable_data_file_refuses_writes_with_503_keeps_reads_and_loses_nothing() {
+async fn immutable_data_file(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let file = data.join("muster.redb");
     let guard = std::cell::RefCell::new(None);
     refuses_then_recovers(
         &data,
-        || *guard.borrow_mut() = Some(Immutable::set(&file)),
+        engine,
+        || *guard.borrow_mut() = Some(Immutable::set(&engine.data_file(&data))),
         "Operation not permitted",
         || drop(guard.borrow_mut().take()),
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_refuses_writes_with_503_keeps_reads_and_loses_nothing() {
+    full_disk(Engine::Log).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_refuses_writes_with_503_keeps_reads_and_loses_nothing_on_redb() {
+    full_disk(Engine::Redb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn immutable_data_file_refuses_writes_with_503_keeps_reads_and_loses_nothing() {
+    immutable_data_file(Engine::Log).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn immutable_data_file_refuses_writes_with_503_keeps_reads_and_loses_nothing_on_redb() {
+    immutable_data_file(Engine::Redb).await;
 }

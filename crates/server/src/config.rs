@@ -51,18 +51,36 @@ pub struct RawConfig {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawStore {
-    /// "redb" (default) or "log".
+    /// "log" or "redb"; unset: the engine whose data is in the directory,
+    /// "log" for a new one.
     pub engine: Option<String>,
 }
 
 /// The engine behind an on-disk store.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub enum StoreEngine {
-    /// redb B-tree, one commit per batch.
+    /// Not configured: the engine whose data the directory holds; the log
+    /// engine for a new directory. (Data dirs made before the log engine
+    /// became the default keep opening with redb.)
     #[default]
+    Detect,
+    /// redb B-tree, one commit per batch.
     Redb,
     /// State in memory, write-ahead log and snapshots (`muster_store::LogStore`).
     Log,
+}
+
+impl StoreEngine {
+    /// The engine to open `data_dir` with.
+    pub fn for_dir(self, data_dir: &std::path::Path) -> StoreEngine {
+        match self {
+            StoreEngine::Detect if data_dir.join(muster_store::embedded::DB_FILE).exists() => {
+                StoreEngine::Redb
+            }
+            StoreEngine::Detect => StoreEngine::Log,
+            chosen => chosen,
+        }
+    }
 }
 
 /// `[acl]`: tokens and what they may do (see [`crate::acl`]).
@@ -528,7 +546,7 @@ impl Config {
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0))),
             dns_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             store: StoreConfig::Memory,
-            store_engine: StoreEngine::Redb,
+            store_engine: StoreEngine::Detect,
             body_limit: DEFAULT_BODY_LIMIT,
             snapshot_limit: DEFAULT_SNAPSHOT_LIMIT,
             body_timeout: Duration::from_secs(30),
@@ -579,13 +597,14 @@ impl TryFrom<RawConfig> for Config {
             }
         };
         let store_engine = match raw.store.engine.as_deref() {
-            None | Some("redb") => StoreEngine::Redb,
+            None => StoreEngine::Detect,
+            Some("redb") => StoreEngine::Redb,
             Some("log") => StoreEngine::Log,
             Some(other) => {
                 errs.push(format!(
-                    "store.engine: {other:?} is not an engine; use \"redb\" or \"log\""
+                    "store.engine: {other:?} is not an engine; use \"log\" or \"redb\""
                 ));
-                StoreEngine::Redb
+                StoreEngine::Detect
             }
         };
         let body_limit = raw.limits.body_bytes.unwrap_or(DEFAULT_BODY_LIMIT);
@@ -973,8 +992,13 @@ mod tests {
     }
 
     #[test]
-    fn store_engine_defaults_to_redb_and_rejects_unknown_engines() {
-        assert_eq!(check("").unwrap().store_engine, StoreEngine::Redb);
+    fn store_engine_defaults_to_detection_and_rejects_unknown_engines() {
+        assert_eq!(check("").unwrap().store_engine, StoreEngine::Detect);
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(StoreEngine::Detect.for_dir(dir.path()), StoreEngine::Log);
+        std::fs::write(dir.path().join(muster_store::embedded::DB_FILE), b"").unwrap();
+        assert_eq!(StoreEngine::Detect.for_dir(dir.path()), StoreEngine::Redb);
+        assert_eq!(StoreEngine::Log.for_dir(dir.path()), StoreEngine::Log);
         let log = check("[store]\nengine = \"log\"").unwrap();
         assert_eq!(log.store_engine, StoreEngine::Log);
         let e = check("[store]\nengine = \"btree\"").unwrap_err();

@@ -107,7 +107,9 @@ impl Running {
 fn open_store(config: &Config) -> Result<DynStore, Error> {
     Ok(match &config.store {
         StoreConfig::Memory => Arc::new(MemoryStore::new(config.retain)),
-        StoreConfig::Embedded { data_dir } if config.store_engine == StoreEngine::Log => {
+        StoreConfig::Embedded { data_dir }
+            if config.store_engine.for_dir(data_dir) == StoreEngine::Log =>
+        {
             let opts = LogOptions {
                 retain: config.retain,
                 ..Default::default()

@@ -60,7 +60,11 @@ impl Server {
                 let Ok(line) = line else { break };
                 let addr = listening_addr(&line);
                 lines.lock().unwrap().push(line);
-                if let (Some(addr), Some(tx)) = (addr, tx.take()) {
+                // (Taken only with the address: a line before it must not
+                // drop the sender.)
+                if let Some(addr) = addr
+                    && let Some(tx) = tx.take()
+                {
                     let _ = tx.send(addr);
                 }
             }
