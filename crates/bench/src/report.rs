@@ -116,18 +116,19 @@ pub fn table(rows: &[Row], scale: &[ScaleRow]) -> String {
     if !scale.is_empty() {
         let _ = writeln!(
             t,
-            "\n| instances | muster load/s | muster RSS | muster data on disk | muster restart → /ready | etcd load/s (txn of 100 puts) | etcd RSS | RSS muster/etcd |"
+            "\n| instances | muster load/s | muster RSS | muster data on disk | muster restart → /ready | muster RSS after restart | etcd load/s (txn of 100 puts) | etcd RSS | RSS muster/etcd |"
         );
-        let _ = writeln!(t, "|--:|--:|--:|--:|--:|--:|--:|--:|");
+        let _ = writeln!(t, "|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
         for s in scale {
             let _ = writeln!(
                 t,
-                "| {} | {:.0} | {} | {} | {:.2} s | {:.0} | {} | {:.2}× |",
+                "| {} | {:.0} | {} | {} | {:.2} s | {} | {:.0} | {} | {:.2}× |",
                 s.instances,
                 s.muster_load_rate,
                 mib(s.muster_rss),
                 mib(s.muster_disk),
                 s.muster_ready.as_secs_f64(),
+                mib(s.muster_rss_restarted),
                 s.etcd_load_rate,
                 mib(s.etcd_rss),
                 s.muster_rss as f64 / s.etcd_rss.max(1) as f64

@@ -44,6 +44,8 @@ pub struct ScaleRow {
     pub muster_load_rate: f64,
     pub muster_rss: u64,
     pub muster_ready: Duration,
+    /// RSS of the restarted server once it lists every instance.
+    pub muster_rss_restarted: u64,
     pub muster_disk: u64,
     pub etcd_load_rate: f64,
     pub etcd_rss: u64,
@@ -455,6 +457,7 @@ pub async fn scale(s: &Settings, n: usize) -> Result<ScaleRow> {
     if count != n as u64 {
         bail!("after restart muster lists {count} instances, expected {n}");
     }
+    let muster_rss_restarted = p.rss();
     drop(p);
 
     crate::progress::set(format!("scale: loading {n} keys into etcd"));
@@ -493,6 +496,7 @@ pub async fn scale(s: &Settings, n: usize) -> Result<ScaleRow> {
         muster_load_rate,
         muster_rss,
         muster_ready,
+        muster_rss_restarted,
         muster_disk,
         etcd_load_rate,
         etcd_rss: e.rss(),
