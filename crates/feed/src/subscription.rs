@@ -139,7 +139,7 @@ pub struct Subscription {
 
 /// The services a subscriber watches, laid out for matching every live item
 /// per subscriber: the usual single name inline (no pointer to follow, no
-/// hash to compute), a few scanned, more searched.
+/// hash to compute), several sorted and searched.
 enum Watched {
     All,
     One { len: u8, name: [u8; 63] },
@@ -153,8 +153,7 @@ impl Watched {
         };
         if services.len() == 1
             && let Some(only) = services.iter().next()
-            && let Ok(len) = u8::try_from(only.len())
-            && only.len() <= 63
+            && let Ok(len @ 0..=63) = u8::try_from(only.len())
         {
             let mut name = [0; 63];
             name[..only.len()].copy_from_slice(only.as_bytes());
@@ -169,7 +168,6 @@ impl Watched {
         match self {
             Watched::All => true,
             Watched::One { len, name } => name[..usize::from(*len)] == *service.as_bytes(),
-            Watched::Many(names) if names.len() <= 8 => names.iter().any(|n| **n == *service),
             Watched::Many(names) => names.binary_search_by(|n| (**n).cmp(service)).is_ok(),
         }
     }
