@@ -357,6 +357,14 @@ async fn many_checks_spread_over_their_interval() {
     assert_eq!(passing, 200, "every check ran within its interval");
 }
 
+/// Whether the engine refuses an update of ttl check `id` as unknown.
+async fn unknown_ttl(e: &Engine, id: &str) -> bool {
+    e.health
+        .ttl_update(id, Status::Passing, None)
+        .await
+        .is_err()
+}
+
 /// Changes to instances without checks are skipped by the engine unless it
 /// tracks something of theirs: checks added later are scheduled, checks
 /// dropped by a re-registration are forgotten.
@@ -370,12 +378,7 @@ async fn checks_added_and_dropped_by_reregistration() {
         .await
         .unwrap();
     settle().await;
-    assert!(
-        e.health
-            .ttl_update("api:a:ttl", Status::Passing, None)
-            .await
-            .is_err()
-    );
+    assert!(unknown_ttl(&e, "api:a:ttl").await);
     // Checks added: scheduled, and the ttl runs out on the server's clock.
     e.registry
         .register("api", body(with_ttl), None)
@@ -391,12 +394,7 @@ async fn checks_added_and_dropped_by_reregistration() {
     // Checks dropped: forgotten, so nothing turns the instance critical.
     e.registry.register("api", body(plain), None).await.unwrap();
     settle().await;
-    assert!(
-        e.health
-            .ttl_update("api:a:ttl", Status::Passing, None)
-            .await
-            .is_err()
-    );
+    assert!(unknown_ttl(&e, "api:a:ttl").await);
     tokio::time::sleep(Duration::from_secs(30)).await;
     settle().await;
     assert_eq!(status(&e, "api", "a"), Status::Passing);
