@@ -14,6 +14,7 @@ mod procs;
 mod progress;
 mod report;
 mod scenarios;
+mod watchers;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};

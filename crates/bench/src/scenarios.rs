@@ -684,12 +684,12 @@ pub struct FanoutRow {
 }
 
 /// What a watcher-reading task reports to the scenario.
-enum Seen {
+pub(crate) enum Seen {
     /// A watcher is open (muster: snapshot read; etcd: watch created).
     Ready,
-    /// A watcher received the change, at this time, with a payload of this
-    /// many bytes (0 for etcd's).
-    Arrived(tokio::time::Instant, usize),
+    /// Watchers received the change, each at this time, with a payload of
+    /// this many bytes (0 for etcd's): what a reader read in one look.
+    Arrived(Vec<(tokio::time::Instant, usize)>),
     Failed(String),
 }
 
@@ -726,7 +726,7 @@ async fn await_arrivals(
     let deadline = tokio::time::Instant::now() + within;
     while got.len() < n {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some(Seen::Arrived(t, len))) => got.push((t, len)),
+            Ok(Some(Seen::Arrived(copies))) => got.extend(copies),
             Ok(Some(Seen::Ready)) => {}
             Ok(Some(Seen::Failed(e))) => bail!("a watcher failed: {e}"),
             Ok(None) => bail!("every watcher task ended"),
@@ -812,183 +812,6 @@ async fn fan_rounds(
     })
 }
 
-/// One WebSocket watcher of service `fan`, read without a WebSocket library:
-/// the handshake by hand, then the server's frames straight off the socket.
-/// A client that only reads needs little of RFC 6455 (server frames are
-/// unmasked); it answers pings with masked pongs so muster keeps it. Leaner
-/// than tungstenite, so the harness's own reading of 10k sockets on the
-/// server's cores weighs less on muster's figures; etcd's watches are read
-/// by its own client (a thousand per gRPC stream, so little harness work).
-struct RawWs {
-    io: tokio::net::TcpStream,
-    buf: bytes::BytesMut,
-}
-
-impl RawWs {
-    async fn open(addr: &str, path: &str) -> Result<RawWs> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut io = tokio::net::TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("connect {addr}"))?;
-        io.set_nodelay(true)?;
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-        );
-        io.write_all(req.as_bytes()).await?;
-        let mut buf = bytes::BytesMut::with_capacity(1024);
-        let end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            if buf.len() > 8192 || io.read_buf(&mut buf).await? == 0 {
-                bail!("no handshake answer from {addr}");
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-        // The accept value of the RFC 6455 example key.
-        if !head.starts_with("http/1.1 101")
-            || !head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=")
-        {
-            bail!("not a WebSocket handshake: {head}");
-        }
-        let _ = buf.split_to(end);
-        Ok(RawWs { io, buf })
-    }
-
-    /// The next text message (pings answered on the way).
-    async fn text(&mut self) -> Result<bytes::Bytes> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        loop {
-            while let Some((opcode, payload)) = self.frame()? {
-                match opcode {
-                    0x1 => return Ok(payload),
-                    0x8 => bail!(
-                        "muster closed a watcher: {}",
-                        String::from_utf8_lossy(&payload)
-                    ),
-                    0x9 => {
-                        // A pong echoing the ping, masked (key 0: payload unchanged).
-                        let mut pong = vec![0x8A, 0x80 | payload.len() as u8, 0, 0, 0, 0];
-                        pong.extend_from_slice(&payload);
-                        self.io.write_all(&pong).await?;
-                    }
-                    _ => {}
-                }
-            }
-            if self.buf.capacity() - self.buf.len() < 1024 {
-                self.buf.reserve(4096);
-            }
-            if self.io.read_buf(&mut self.buf).await? == 0 {
-                bail!("muster ended a watcher's connection");
-            }
-        }
-    }
-
-    /// One whole server frame off the buffer: (opcode, payload).
-    fn frame(&mut self) -> Result<Option<(u8, bytes::Bytes)>> {
-        use bytes::Buf;
-        let b = &self.buf;
-        if b.len() < 2 {
-            return Ok(None);
-        }
-        if b[0] & 0x80 == 0 || b[1] & 0x80 != 0 {
-            bail!("muster sent a fragmented or masked frame");
-        }
-        let (len, at) = match b[1] {
-            126 if b.len() >= 4 => (usize::from(u16::from_be_bytes([b[2], b[3]])), 4),
-            127 if b.len() >= 10 => (
-                usize::try_from(u64::from_be_bytes(b[2..10].try_into()?))?,
-                10,
-            ),
-            126 | 127 => return Ok(None),
-            n => (usize::from(n), 2),
-        };
-        if b.len() < at + len {
-            return Ok(None);
-        }
-        let opcode = b[0] & 0x0F;
-        self.buf.advance(at);
-        Ok(Some((opcode, self.buf.split_to(len).freeze())))
-    }
-}
-
-/// One WebSocket watcher of service `fan`, its opening snapshot read.
-async fn ws_watcher(addr: &str) -> Result<RawWs> {
-    let mut ws = RawWs::open(addr, "/api/v1/watch?services=fan").await?;
-    match tokio::time::timeout(Duration::from_secs(30), ws.text()).await {
-        Ok(Ok(t)) if memchr_contains(&t, br#""kind":"snapshot""#) => Ok(ws),
-        Ok(Ok(t)) => bail!(
-            "expected a snapshot first, got {}",
-            String::from_utf8_lossy(&t)
-        ),
-        Ok(Err(e)) => Err(e),
-        Err(_) => bail!("no snapshot within 30 s"),
-    }
-}
-
-fn memchr_contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
-/// Opens `n` WebSocket watchers over a few tasks, each owning its share of the
-/// sockets in one `SelectAll` and reporting every `registered` message.
-fn spawn_ws_watchers(
-    addr: &str,
-    n: usize,
-    tx: &tokio::sync::mpsc::UnboundedSender<Seen>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    use futures_util::StreamExt;
-    let tasks = 4.min(n.max(1));
-    (0..tasks)
-        .map(|t| {
-            let share = n / tasks + usize::from(t < n % tasks);
-            let addr = addr.to_string();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut sockets = futures_util::stream::SelectAll::new();
-                let mut opening = futures_util::stream::iter(0..share)
-                    .map(|_| ws_watcher(&addr))
-                    .buffer_unordered(16);
-                while let Some(r) = opening.next().await {
-                    match r {
-                        Ok(ws) => {
-                            sockets.push(
-                                futures_util::stream::unfold(ws, |mut ws| async move {
-                                    let r = ws.text().await;
-                                    Some((r, ws))
-                                })
-                                .boxed(),
-                            );
-                            load::PROGRESS.fetch_add(1, Ordering::Relaxed);
-                            let _ = tx.send(Seen::Ready);
-                        }
-                        Err(e) => {
-                            let _ = tx.send(Seen::Failed(format!("{e:#}")));
-                            return;
-                        }
-                    }
-                }
-                drop(opening);
-                while let Some(msg) = sockets.next().await {
-                    let seen = match msg {
-                        Ok(t) if memchr_contains(&t, br#""kind":"registered""#) => {
-                            Seen::Arrived(tokio::time::Instant::now(), t.len())
-                        }
-                        Ok(_) => continue,
-                        Err(e) => Seen::Failed(format!("watcher: {e:#}")),
-                    };
-                    let failed = matches!(seen, Seen::Failed(_));
-                    let _ = tx.send(seen);
-                    if failed {
-                        return;
-                    }
-                }
-            })
-        })
-        .collect()
-}
-
 /// `share` watches on the prefix over one etcd connection, all on one gRPC
 /// watch stream (as etcd's Go client multiplexes watches), reported like the
 /// WebSocket watchers.
@@ -1023,7 +846,7 @@ async fn spawn_etcd_watchers(
                         Seen::Ready
                     }
                     Ok(Some(r)) if !r.events().is_empty() => {
-                        Seen::Arrived(tokio::time::Instant::now(), 0)
+                        Seen::Arrived(vec![(tokio::time::Instant::now(), 0)])
                     }
                     Ok(Some(_)) => continue,
                     Ok(None) => Seen::Failed("etcd watch stream ended".into()),
@@ -1125,14 +948,14 @@ async fn ws_side(
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     // Warm-up: one watcher, one change, so code and pools first touched by
     // the feed are not counted against the watchers.
-    let warm = spawn_ws_watchers(&p.addr, 1, &tx);
+    let warm = crate::watchers::spawn(&p.addr, 1, &tx)?;
     await_ready(&mut rx, 1, Duration::from_secs(30)).await?;
     changer.change("warm", 0).await?;
     let payload = await_arrivals(&mut rx, 1).await?[0].1;
-    warm.iter().for_each(|h| h.abort());
+    drop(warm);
     tokio::time::sleep(settle).await;
     let before = p.rss();
-    let tasks = spawn_ws_watchers(&p.addr, n, &tx);
+    let watchers = crate::watchers::spawn(&p.addr, n, &tx)?;
     await_ready(&mut rx, n, Duration::from_secs(300)).await?;
     tokio::time::sleep(settle).await;
     let after = p.rss();
@@ -1141,7 +964,7 @@ async fn ws_side(
         p.name
     ));
     let side = fan_rounds(p, changer, &mut rx, n, rounds, (before, after)).await?;
-    tasks.iter().for_each(|h| h.abort());
+    drop(watchers);
     Ok((side, payload))
 }
 
