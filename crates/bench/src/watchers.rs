@@ -286,10 +286,6 @@ fn read(opened: &Receiver<Opened>, tx: &UnboundedSender<Seen>, stop: &AtomicBool
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             r => r?,
         }
-        if events.is_empty() {
-            std::thread::sleep(NAP);
-            continue;
-        }
         for event in &events {
             let w = &mut watchers[event.token().0];
             // Read until the socket is drained: a short read drains it, and
@@ -316,6 +312,9 @@ fn read(opened: &Receiver<Opened>, tx: &UnboundedSender<Seen>, stop: &AtomicBool
         }
         if !copies.is_empty() {
             let _ = tx.send(Seen::Arrived(std::mem::take(&mut copies)));
+        }
+        if events.is_empty() {
+            std::thread::sleep(NAP);
         }
     }
     Ok(())
