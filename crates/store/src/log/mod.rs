@@ -21,6 +21,7 @@
 mod frame;
 mod kvmap;
 mod recover;
+mod retained;
 mod snapshot;
 mod wal;
 
@@ -34,7 +35,7 @@ use crate::{
 };
 use kvmap::{KvMap, Staged};
 use parking_lot::Mutex;
-use std::collections::VecDeque;
+use retained::Retained;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -87,7 +88,7 @@ struct Shared {
     /// Held by the writer for a whole batch, fsync included, so a snapshot
     /// read never sees a write that is not durable. Never held across `.await`.
     kv: Mutex<KvMap>,
-    history: Mutex<VecDeque<Arc<Change>>>,
+    history: Mutex<Retained>,
     commands: front::Commands<Cmd>,
     leases: Arc<LeaseClock>,
     revision: AtomicU64,
@@ -249,8 +250,8 @@ impl History for Shared {
                 oldest,
             });
         }
-        let skip = (from - oldest) as usize;
-        Ok(h.iter().skip(skip).take(max).cloned().collect())
+        let skip = usize::try_from(from - oldest).unwrap_or(usize::MAX);
+        Ok(h.iter_from(skip).take(max).cloned().collect())
     }
     fn current(&self) -> Revision {
         self.revision.load(Ordering::Acquire)
@@ -453,7 +454,7 @@ impl Writer {
                 next_lease: self.shared.next_lease.load(Ordering::Acquire),
                 leases: leases.map.iter().map(|(id, l)| (*id, l.ttl)).collect(),
                 map: kv.freeze(),
-                history: self.shared.history.lock().iter().cloned().collect(),
+                history: self.shared.history.lock().clone(),
             }
         };
         let held = held.elapsed();
@@ -584,10 +585,10 @@ impl Writer {
         drop(staged);
         {
             let mut h = self.shared.history.lock();
-            h.extend(changes.iter().cloned());
-            while h.len() > self.opts.retain.max(1) {
-                h.pop_front();
+            for c in &changes {
+                h.push_back(c.clone());
             }
+            h.keep_last(self.opts.retain.max(1));
             let oldest = h.front().map_or(rev + 1, |c| c.revision);
             self.shared.oldest.store(oldest, Ordering::Release);
             self.shared.revision.store(rev, Ordering::Release);

@@ -3,18 +3,19 @@
 
 use super::frame::{self, Kind, Next, parse_name, snap_path, wal_path};
 use super::kvmap::{Entry, Map};
+use super::retained::Retained;
 use super::snapshot::{self, Image};
 use super::wal::{self, Wal};
 use crate::codec::{FORMAT, decode_change};
 use crate::{Change, EventType, KvEvent, LeaseId, Result, StoreError};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 pub(crate) struct Recovered {
     pub map: Map,
-    pub history: VecDeque<Arc<Change>>,
+    pub history: Retained,
     pub revision: u64,
     pub next_lease: u64,
     pub leases: BTreeMap<LeaseId, Duration>,
@@ -60,14 +61,14 @@ pub(crate) fn recover(dir: &Path, retain: usize) -> Result<Recovered> {
                 next_lease: 1,
                 leases: Vec::new(),
                 map: Arc::new(Map::new()),
-                history: Vec::new(),
+                history: Retained::default(),
             },
             0,
         ),
     };
     let mut st = Replay {
         map: Arc::try_unwrap(image.map).unwrap_or_else(|m| (*m).clone()),
-        history: image.history.into(),
+        history: image.history,
         revision: image.revision,
         next_lease: image.next_lease,
         leases: image.leases.into_iter().collect(),
@@ -123,7 +124,7 @@ pub(crate) fn recover(dir: &Path, retain: usize) -> Result<Recovered> {
 
 struct Replay {
     map: Map,
-    history: VecDeque<Arc<Change>>,
+    history: Retained,
     revision: u64,
     next_lease: u64,
     leases: BTreeMap<LeaseId, Duration>,
@@ -251,9 +252,7 @@ impl Replay {
         };
         self.revision = change.revision;
         self.history.push_back(Arc::new(change));
-        while self.history.len() > self.retain {
-            self.history.pop_front();
-        }
+        self.history.keep_last(self.retain);
     }
 }
 

@@ -10,9 +10,9 @@
 
 use super::frame::{self, snap_path, sync_dir};
 use super::kvmap::{Entry, Map};
+use super::retained::Retained;
 use crate::codec::{FORMAT, decode_change, encode_change, put_record_kv, take_record_kv};
 use crate::{Change, LeaseId, StoreError};
-use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -34,7 +34,7 @@ pub(crate) struct Image {
     pub next_lease: u64,
     pub leases: Vec<(LeaseId, Duration)>,
     pub map: Arc<Map>,
-    pub history: Vec<Arc<Change>>,
+    pub history: Retained,
 }
 
 /// Writes generation `g`'s snapshot durably; returns its size in bytes.
@@ -72,7 +72,8 @@ pub(crate) fn write(dir: &Path, g: u64, image: &Image) -> io::Result<u64> {
         }
         emit(&mut out, &p)?;
     }
-    for chunk in image.history.chunks(CHUNK) {
+    let history: Vec<&Arc<Change>> = image.history.iter().collect();
+    for chunk in history.chunks(CHUNK) {
         p.clear();
         p.push(TAG_HISTORY);
         p.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
@@ -131,7 +132,7 @@ pub(crate) fn read(path: &PathBuf) -> Result<Image, StoreError> {
         next_lease: 1,
         leases: Vec::new(),
         map: Arc::new(Map::new()),
-        history: Vec::new(),
+        history: Retained::default(),
     };
     let mut map = Map::new();
     let mut seen_header = false;
@@ -190,7 +191,7 @@ pub(crate) fn read(path: &PathBuf) -> Result<Image, StoreError> {
                         .get(off + 12..off + 12 + len)
                         .ok_or_else(|| bad("short chunk"))?;
                     let c = decode_change(rev, body).map_err(|e| corrupt(path, at, e))?;
-                    image.history.push(Arc::new(c));
+                    image.history.push_back(Arc::new(c));
                     off += 12 + len;
                 }
             }
@@ -212,11 +213,10 @@ pub(crate) fn read(path: &PathBuf) -> Result<Image, StoreError> {
 /// Re-points the values of retained history at the map's own `Bytes` (and at
 /// each other), so a restart does not hold every retained value twice.
 /// (Keys are not shared: the map holds its own, see [`super::kvmap::Key`].)
-pub(crate) fn share_history(map: &Map, history: &mut VecDeque<Arc<Change>>) {
+pub(crate) fn share_history(map: &Map, history: &mut Retained) {
     use std::collections::HashMap;
     let mut seen: HashMap<(bytes::Bytes, u64), bytes::Bytes> = HashMap::new();
-    for c in history.iter_mut() {
-        let Some(c) = Arc::get_mut(c) else { continue };
+    history.for_each_unshared(|c| {
         for e in &mut c.events {
             if let Some(p) = &mut e.prev
                 && let Some(v) = seen.get(&(p.key.clone(), p.mod_revision))
@@ -232,5 +232,5 @@ pub(crate) fn share_history(map: &Map, history: &mut VecDeque<Arc<Change>>) {
                 seen.insert((e.kv.key.clone(), e.kv.mod_revision), e.kv.value.clone());
             }
         }
-    }
+    });
 }
