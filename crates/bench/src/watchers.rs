@@ -192,13 +192,17 @@ impl Drop for Watchers {
 /// its snapshot (and then reporting it `Ready`).
 pub(crate) fn spawn(addr: &str, n: usize, tx: &UnboundedSender<Seen>) -> Result<Watchers> {
     use futures_util::StreamExt;
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut readers = Vec::with_capacity(READERS);
+    // Built as it goes: if a reader cannot start, dropping it stops the rest.
+    let mut watchers = Watchers {
+        opening: Vec::new(),
+        stop: Arc::new(AtomicBool::new(false)),
+        readers: Vec::with_capacity(READERS),
+    };
     let mut hand_to: Vec<Sender<Opened>> = Vec::with_capacity(READERS);
     for r in 0..READERS {
         let (opened_tx, opened) = std::sync::mpsc::channel::<Opened>();
-        let (tx, stop) = (tx.clone(), stop.clone());
-        readers.push(
+        let (tx, stop) = (tx.clone(), watchers.stop.clone());
+        watchers.readers.push(
             std::thread::Builder::new()
                 .name(format!("fanout-reader-{r}"))
                 .spawn(move || {
@@ -210,7 +214,7 @@ pub(crate) fn spawn(addr: &str, n: usize, tx: &UnboundedSender<Seen>) -> Result<
         hand_to.push(opened_tx);
     }
     let tasks = 4.min(n.max(1));
-    let opening = (0..tasks)
+    watchers.opening = (0..tasks)
         .map(|t| {
             let share = n / tasks + usize::from(t < n % tasks);
             let (addr, tx, hand_to) = (addr.to_string(), tx.clone(), hand_to.clone());
@@ -241,21 +245,13 @@ pub(crate) fn spawn(addr: &str, n: usize, tx: &UnboundedSender<Seen>) -> Result<
             })
         })
         .collect();
-    Ok(Watchers {
-        opening,
-        stop,
-        readers,
-    })
+    Ok(watchers)
 }
 
 /// A reader thread: takes in the watchers handed to it, reads whichever are
 /// ready, reports each look's copies in one message, and naps when a look
 /// finds nothing.
 fn read(opened: &Receiver<Opened>, tx: &UnboundedSender<Seen>, stop: &AtomicBool) -> Result<()> {
-    struct Watcher {
-        io: mio::net::TcpStream,
-        frames: Frames,
-    }
     let mut poll = mio::Poll::new()?;
     let mut watchers: Vec<Watcher> = Vec::new();
     let mut events = mio::Events::with_capacity(1024);
@@ -274,12 +270,7 @@ fn read(opened: &Receiver<Opened>, tx: &UnboundedSender<Seen>, stop: &AtomicBool
                 mio::Interest::READABLE,
             )?;
             // Frames read past the snapshot, if any.
-            frames(
-                &mut w.io,
-                &mut w.frames,
-                tokio::time::Instant::now(),
-                &mut copies,
-            )?;
+            w.handle_frames(tokio::time::Instant::now(), &mut copies)?;
             watchers.push(w);
         }
         match poll.poll(&mut events, Some(Duration::ZERO)) {
@@ -299,12 +290,7 @@ fn read(opened: &Receiver<Opened>, tx: &UnboundedSender<Seen>, stop: &AtomicBool
                     Err(e) => return Err(e.into()),
                 };
                 w.frames.buf.extend_from_slice(&chunk[..n]);
-                frames(
-                    &mut w.io,
-                    &mut w.frames,
-                    tokio::time::Instant::now(),
-                    &mut copies,
-                )?;
+                w.handle_frames(tokio::time::Instant::now(), &mut copies)?;
                 if n < chunk.len() {
                     break;
                 }
@@ -320,28 +306,35 @@ fn read(opened: &Receiver<Opened>, tx: &UnboundedSender<Seen>, stop: &AtomicBool
     Ok(())
 }
 
-/// Handles the whole frames in `frames`: a `registered` event is a copy read
-/// `at`; a ping is answered; a close ends the reader.
-fn frames(
-    io: &mut mio::net::TcpStream,
-    frames: &mut Frames,
-    at: tokio::time::Instant,
-    copies: &mut Vec<(tokio::time::Instant, usize)>,
-) -> Result<()> {
-    while let Some((opcode, payload)) = frames.next()? {
-        match opcode {
-            0x1 if contains(&payload, br#""kind":"registered""#) => {
-                copies.push((at, payload.len()));
+/// A watcher as its reader thread holds it.
+struct Watcher {
+    io: mio::net::TcpStream,
+    frames: Frames,
+}
+
+impl Watcher {
+    /// Handles the whole frames read so far: a `registered` event is a copy
+    /// read `at`; a ping is answered; a close ends the reader.
+    fn handle_frames(
+        &mut self,
+        at: tokio::time::Instant,
+        copies: &mut Vec<(tokio::time::Instant, usize)>,
+    ) -> Result<()> {
+        while let Some((opcode, payload)) = self.frames.next()? {
+            match opcode {
+                0x1 if contains(&payload, br#""kind":"registered""#) => {
+                    copies.push((at, payload.len()));
+                }
+                0x8 => bail!(
+                    "the server closed a watcher: {}",
+                    String::from_utf8_lossy(&payload)
+                ),
+                0x9 => write_all(&mut self.io, &pong(&payload))?,
+                _ => {}
             }
-            0x8 => bail!(
-                "the server closed a watcher: {}",
-                String::from_utf8_lossy(&payload)
-            ),
-            0x9 => write_all(io, &pong(&payload))?,
-            _ => {}
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// A few bytes (a pong) to a non-blocking socket whose send buffer is all but
