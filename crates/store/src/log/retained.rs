@@ -22,12 +22,14 @@ pub(crate) struct Retained {
     /// Changes at the start of the first block that are no longer retained
     /// (still referenced until the whole block goes: at most `BLOCK - 1`).
     head: usize,
-    len: usize,
 }
 
 impl Retained {
+    /// Every block but the last is full, so this is O(1).
     pub(crate) fn len(&self) -> usize {
-        self.len
+        self.blocks.back().map_or(0, |last| {
+            (self.blocks.len() - 1) * BLOCK + last.len() - self.head
+        })
     }
 
     /// The oldest retained change.
@@ -45,18 +47,18 @@ impl Retained {
                 self.blocks.push_back(Arc::new(block));
             }
         }
-        self.len += 1;
     }
 
     /// Forgets the oldest changes until at most `keep` are retained.
     pub(crate) fn keep_last(&mut self, keep: usize) {
-        while self.len > keep {
+        let mut excess = self.len().saturating_sub(keep);
+        while excess > 0 {
             let Some(first) = self.blocks.front() else {
                 break;
             };
-            let forget = (first.len() - self.head).min(self.len - keep);
+            let forget = (first.len() - self.head).min(excess);
             self.head += forget;
-            self.len -= forget;
+            excess -= forget;
             if self.head == first.len() {
                 self.blocks.pop_front();
                 self.head = 0;
@@ -72,7 +74,7 @@ impl Retained {
     /// The retained changes after the `skip` oldest, found without walking
     /// the skipped ones.
     pub(crate) fn iter_from(&self, skip: usize) -> impl Iterator<Item = &Arc<Change>> {
-        let at = self.head + skip.min(self.len);
+        let at = self.head + skip.min(self.len());
         let (first, offset) = (at / BLOCK, at % BLOCK);
         self.blocks
             .iter()
