@@ -10,9 +10,10 @@
 //! caller gets `Unavailable`, and the next batch tries again.
 //!
 //! When the WAL outgrows `compact_bytes` (and the last snapshot), the writer
-//! starts a new WAL generation, freezes the map (an `Arc`, O(1)) and a
-//! background thread writes the snapshot; writes meanwhile land in an
-//! overlay. Older files are deleted once the snapshot is durable.
+//! starts a new WAL generation, freezes the map (an `Arc`, O(1)), copies the
+//! lease table and the retained history (shared blocks: one reference per
+//! block), and a background thread writes the snapshot; writes meanwhile land
+//! in an overlay. Older files are deleted once the snapshot is durable.
 //!
 //! Files in the data dir: `LOCK_FILE` (marks the dir as this engine's and
 //! holds the process lock), `snap-G.snap`, `wal-G.log`. Leases: as in the
