@@ -390,11 +390,13 @@ pub fn fanout_table(rows: &[FanoutRow]) -> String {
          Latency runs from just before the change is sent to the harness reading a watcher's copy; \
          \"last watcher\" is per round (p99 of {rounds} rounds: the {}), \"all deliveries\" is over every copy of every round. \
          The harness reads every socket on the same cores as the server, so the last-watcher figure includes reading N messages. \
-         Its two reader threads look at their sockets every 250 µs instead of sleeping until one is readable (so the server's sends do not pay for waking them); \
-         a copy is timed when it is read, at most one look after it arrived: that overstates latency by up to ~0.3 ms, never understates it. \
+         Its {readers} reader threads look at their sockets every {nap} µs instead of sleeping until one is readable (so the server's sends do not pay for waking them); \
+         a copy is timed when it is read, at most one look (plus the timer's slack) after it arrived: that overstates latency by about that much at most, never understates it. \
          Memory: the server's VmRSS after opening every watcher minus before (both after one warm-up watcher and change, and a pause), over the number of watchers; KB = 1000 bytes. \
          CPU per change: user + system time over the rounds (from /proc), divided by the rounds.",
-        p99_is
+        p99_is,
+        readers = crate::watchers::READERS,
+        nap = crate::watchers::NAP.as_micros(),
     );
     let _ = writeln!(
         t,

@@ -29,10 +29,10 @@ use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
 
 /// Reader threads: one per core of the machine this harness was built for.
-const READERS: usize = 2;
+pub(crate) const READERS: usize = 2;
 
 /// How long a reader sleeps when a look finds no socket ready.
-const NAP: Duration = Duration::from_micros(250);
+pub(crate) const NAP: Duration = Duration::from_micros(250);
 
 /// A WebSocket connection to a watch endpoint, read without a WebSocket
 /// library: the handshake by hand, then the server's frames straight off the
